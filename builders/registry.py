@@ -1,0 +1,37 @@
+"""Recipe step name -> (module, config class, function). One line per step; modules are imported
+only when a recipe uses the step, so a recipe of polars steps never imports torch."""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+
+from prefdata.errors import RecipeError
+
+
+@dataclass(frozen=True)
+class StepSpec:
+    module: str
+    config: str
+    fn: str
+    inputs: tuple[str, ...]          # table kinds the step accepts
+
+    def load(self):
+        mod = importlib.import_module(self.module)
+        return getattr(mod, self.config), getattr(mod, self.fn)
+
+
+STEPS: dict[str, StepSpec] = {
+    "dedup": StepSpec("builders.filter", "DedupConfig", "build_dedup", ("responses",)),
+    "filter": StepSpec("builders.filter", "FilterConfig", "build_filter", ("responses", "pairs")),
+    "rank": StepSpec("builders.rank", "RankConfig", "build_rank", ("responses",)),
+    "pairs": StepSpec("builders.pairs", "PairsConfig", "build_pairs", ("responses",)),
+    "lists": StepSpec("builders.lists", "ListsConfig", "build_lists", ("responses",)),
+    "curriculum": StepSpec("builders.curriculum", "CurriculumConfig", "build_curriculum", ("pairs",)),
+}
+
+
+def step_spec(name: str, *, path: str = "steps") -> StepSpec:
+    try:
+        return STEPS[name]
+    except KeyError:
+        raise RecipeError(f"unknown step {name!r}; known steps: {', '.join(sorted(STEPS))}", path=path) from None
