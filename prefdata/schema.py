@@ -147,7 +147,7 @@ def validate(table: pa.Table, kind: Kind, *, source: str | None = None) -> pa.Ta
                               source=source)
     if kind == "lists" and len(table):
         lens = [pc.list_value_length(table.column(c)) for c in ("responses", "response_ids", "scores", "ranks")]
-        for c, ln in zip(("response_ids", "scores", "ranks"), lens[1:]):
+        for c, ln in zip(("response_ids", "scores", "ranks"), lens[1:], strict=True):
             bad = pc.not_equal(lens[0], ln)
             if pc.any(bad).as_py():
                 raise SchemaError(f"column {c!r} list length differs from 'responses'",

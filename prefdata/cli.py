@@ -1,0 +1,389 @@
+"""The `prefdata` command line. Each command is a thin typed function: parse, call one library
+function, print. Heavy modules are imported inside the commands so `prefdata --help` stays instant.
+
+User errors (prefdata.errors.PrefdataError) print one line naming what was wrong and exit 2, never a
+traceback; anything else is a bug and keeps its traceback."""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from prefdata.errors import PrefdataError
+
+app = typer.Typer(
+    name="prefdata",
+    help="Build preference datasets, keep them versioned, train DPO-family models on them.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+DEFAULT_CATALOG = "prefdata_catalog"
+
+CatalogOpt = Annotated[
+    Path | None,
+    typer.Option("--catalog", "-c", help="Catalog directory (env PREFDATA_CATALOG; default ./prefdata_catalog)."),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+
+
+def _catalog_path(catalog: Path | None) -> Path:
+    return Path(catalog or os.environ.get("PREFDATA_CATALOG") or DEFAULT_CATALOG)
+
+
+def _open_catalog(catalog: Path | None, *, must_exist: bool = True):
+    from catalog import Catalog
+
+    path = _catalog_path(catalog)
+    if must_exist and not path.exists():
+        raise PrefdataError(f"catalog {path} does not exist (run `prefdata build` or `prefdata ingest` first, "
+                            "or pass --catalog DIR)")
+    return Catalog.open(path)
+
+
+def _console(stderr: bool = False):
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False)
+
+
+def _fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    raise typer.Exit(code=2)
+
+
+def user_errors(fn):
+    """Turn user errors into one line on stderr and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except PrefdataError as e:
+            _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+        except FileNotFoundError as e:
+            _fail(f"no such file: {e.filename or e}")
+        except KeyboardInterrupt:
+            _fail("interrupted")
+
+    return wrapper
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "isoformat"):
+        return obj.isoformat()
+    if hasattr(obj, "__dataclass_fields__"):
+        return _jsonable({k: getattr(obj, k) for k in obj.__dataclass_fields__ if k != "frame"})
+    if isinstance(obj, (str, int, float, bool)) or obj is None:
+        return obj
+    return str(obj)
+
+
+def _print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(_jsonable(obj), ensure_ascii=False, indent=None) + "\n")
+
+
+def _print_table(table, *, title: str | None = None, max_width: int = 60) -> None:
+    """Render a pyarrow table with rich, truncating long cells (full values are in --json)."""
+    from rich.table import Table
+
+    t = Table(title=title, show_lines=False)
+    for name in table.column_names:
+        t.add_column(name, overflow="fold", max_width=max_width)
+    for row in table.to_pylist():
+        cells = []
+        for name in table.column_names:
+            v = row[name]
+            s = v if isinstance(v, str) else json.dumps(_jsonable(v), ensure_ascii=False)
+            if len(s) > max_width * 2:
+                s = s[: max_width * 2 - 1] + "…"
+            cells.append(s)
+        t.add_row(*cells)
+    _console().print(t)
+
+
+def _parse_mapping(items: list[str] | None) -> dict[str, str] | None:
+    if not items:
+        return None
+    out: dict[str, str] = {}
+    for item in items:
+        if "=" not in item:
+            raise PrefdataError(f"--map {item!r}: expected CANONICAL=SOURCE, e.g. --map prompt=question")
+        k, v = item.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+@app.command()
+@user_errors
+def ingest(
+    path: Annotated[Path, typer.Argument(help="Input file or folder.")],
+    name: Annotated[str, typer.Option("--name", "-n", help="Catalog dataset name to write.")],
+    format: Annotated[str | None, typer.Option("--format", "-f", help="Input format (auto-detected when omitted).")] = None,
+    map: Annotated[list[str] | None, typer.Option("--map", help="Column mapping CANONICAL=SOURCE (repeatable).")] = None,
+    on_error: Annotated[str, typer.Option("--on-error", help="raise: stop at the first bad row; drop: drop it and account for it.")] = "raise",
+    message: Annotated[str | None, typer.Option("--message", "-m")] = None,
+    catalog: CatalogOpt = None,
+    as_json: JsonOpt = False,
+):
+    """Ingest a known format (arena, ultrafeedback, hh-rlhf, nectar, helpsteer2, pick-a-pic, trl, jsonl, parquet, hf)."""
+    from prefdata.ingest import ingest_to_catalog
+
+    if on_error not in ("raise", "drop"):
+        raise PrefdataError(f"--on-error must be 'raise' or 'drop', got {on_error!r}")
+    cat = _open_catalog(catalog, must_exist=False)
+    info = ingest_to_catalog(cat, path, format=format, name=name, mapping=_parse_mapping(map),
+                             on_error=on_error, message=message)
+    if as_json:
+        _print_json(info)
+        return
+    drops = info.get("drops") or {}
+    dropped = " · ".join(f"{n} {r}" for r, n in drops.items()) or "none dropped"
+    _console().print(f"ingested [bold]{path}[/] as {info.get('format')} → "
+                     f"[bold]{name}@{info.get('version')}[/] ({info.get('rows_kept', '?')} rows, {dropped})")
+
+
+@app.command()
+@user_errors
+def build(
+    recipe: Annotated[Path | None, typer.Argument(help="Recipe YAML (default: the bundled examples/recipes/default.yaml).")] = None,
+    engine: Annotated[str, typer.Option("--engine", help="local (polars) or ray (Ray Data).")] = "local",
+    catalog: CatalogOpt = None,
+    as_json: JsonOpt = False,
+):
+    """Build a dataset from a recipe into the catalog (no argument: the bundled default on bundled real data)."""
+    from prefdata.build import run_recipe
+
+    cat = _open_catalog(catalog, must_exist=False)
+    result = run_recipe(recipe, cat, engine=engine, progress=not as_json,
+                        console=_console(stderr=True) if as_json else _console())
+    if as_json:
+        _print_json(result)
+
+
+@app.command("ls")
+@user_errors
+def ls_(catalog: CatalogOpt = None, as_json: JsonOpt = False):
+    """List datasets with their latest version and row count."""
+    cat = _open_catalog(catalog)
+    rows = []
+    for name in cat.names():
+        versions = cat.versions(name)
+        last = versions[-1] if versions else {}
+        rows.append({"name": name, "versions": len(versions), "latest": last.get("version"),
+                     "rows": last.get("rows"), "tags": last.get("tags"), "created_at": last.get("created_at"),
+                     "message": last.get("message")})
+    if as_json:
+        _print_json(rows)
+        return
+    import pyarrow as pa
+
+    if not rows:
+        _console().print(f"catalog {_catalog_path(catalog)} is empty")
+        return
+    _print_table(pa.Table.from_pylist([{k: ("" if v is None else str(v)) for k, v in r.items()} for r in rows]))
+
+
+@app.command()
+@user_errors
+def log(
+    name: Annotated[str, typer.Argument(help="Dataset name.")],
+    catalog: CatalogOpt = None,
+    as_json: JsonOpt = False,
+):
+    """Show a dataset's versions with lineage: recipe, config hash, inputs, row accounting, runs."""
+    cat = _open_catalog(catalog)
+    records = cat.log(name)
+    if as_json:
+        _print_json(records)
+        return
+    con = _console()
+    for rec in records:
+        _render_log_record(con, name, rec)
+
+
+def _render_log_record(con, name: str, rec: dict) -> None:
+    kind = rec.get("kind") or rec.get("event") or "version"
+    if kind not in ("version", None) and "version" in rec and rec.get("builder") is None and rec.get("recipe") is None \
+            and rec.get("record") is not None:
+        con.print(f"[magenta]{kind}[/] on {name}@{rec.get('version')}: {json.dumps(_jsonable(rec.get('record')))}")
+        return
+    head = f"[bold]{name}@{rec.get('version')}[/]"
+    tags = rec.get("tags")
+    if tags:
+        head += f" ({', '.join(tags)})"
+    con.print(f"{head}  {rec.get('created_at', '')}  {rec.get('message') or ''}")
+    for key in ("builder", "recipe", "config_sha256", "content_hash", "inputs", "rows_in", "rows_kept", "drops",
+                "reference_model", "package_version"):
+        if rec.get(key) not in (None, "", [], {}):
+            con.print(f"    {key:<16} {json.dumps(_jsonable(rec[key]), ensure_ascii=False)}")
+    for step in rec.get("steps") or []:
+        drops = ", ".join(f"{n} {r}" for r, n in (step.get("drops") or {}).items())
+        con.print(f"    step {step.get('step', '?'):<12} in {step.get('rows_in')} · kept {step.get('rows_kept')}"
+                  f" · out {step.get('rows_out')}" + (f" · dropped {drops}" if drops else ""))
+    for ev in rec.get("events") or []:
+        con.print(f"    [magenta]{ev.get('kind', 'event')}[/] {json.dumps(_jsonable(ev.get('record', ev)), ensure_ascii=False)}")
+
+
+@app.command()
+@user_errors
+def show(
+    ref: Annotated[str, typer.Argument(help="NAME or NAME@VERSION or NAME@TAG.")],
+    limit: Annotated[int, typer.Option("--limit", "-k", min=0, help="Rows to show.")] = 5,
+    columns: Annotated[str | None, typer.Option("--columns", help="Comma-separated columns to show.")] = None,
+    catalog: CatalogOpt = None,
+    as_json: JsonOpt = False,
+):
+    """Show the first rows of a dataset version."""
+    from catalog import parse_ref
+
+    cat = _open_catalog(catalog)
+    name, version = parse_ref(ref)
+    frame = cat.scan(name, version)
+    if columns:
+        wanted = [c.strip() for c in columns.split(",") if c.strip()]
+        missing = [c for c in wanted if c not in frame.collect_schema().names()]
+        if missing:
+            raise PrefdataError(f"{ref}: no column(s) {', '.join(missing)}")
+        frame = frame.select(wanted)
+    table = frame.head(limit).collect().to_arrow()
+    if as_json:
+        _print_json(table.to_pylist())
+        return
+    _print_table(table, title=ref)
+
+
+@app.command()
+@user_errors
+def sql(
+    query: Annotated[str, typer.Argument(help='Read-only SQL; datasets are tables by name, a version as "name@3".')],
+    catalog: CatalogOpt = None,
+    as_json: JsonOpt = False,
+    limit: Annotated[int, typer.Option("--limit", help="Rows to print (table output).")] = 50,
+):
+    """Query any dataset version with DuckDB SQL (read-only)."""
+    cat = _open_catalog(catalog)
+    table = cat.sql(query)
+    if as_json:
+        _print_json(table.to_pylist())
+        return
+    _print_table(table.slice(0, limit))
+    if table.num_rows > limit:
+        _console().print(f"… {table.num_rows - limit} more rows (use --limit or --json)")
+
+
+@app.command()
+@user_errors
+def tag(
+    name: Annotated[str, typer.Argument()],
+    version: Annotated[int, typer.Argument()],
+    tag_name: Annotated[str, typer.Argument(metavar="TAG")],
+    catalog: CatalogOpt = None,
+    as_json: JsonOpt = False,
+):
+    """Tag a dataset version (then refer to it as NAME@TAG)."""
+    cat = _open_catalog(catalog)
+    cat.tag(name, version, tag_name)
+    if as_json:
+        _print_json({"name": name, "version": version, "tag": tag_name})
+    else:
+        _console().print(f"tagged {name}@{version} as {tag_name}")
+
+
+@app.command()
+@user_errors
+def export(
+    ref: Annotated[str, typer.Argument(help="NAME[@VERSION|@TAG].")],
+    out: Annotated[Path, typer.Argument(help="Output directory.")],
+    to: Annotated[str, typer.Option("--to", help="parquet | jsonl | hf")] = "parquet",
+    catalog: CatalogOpt = None,
+    as_json: JsonOpt = False,
+):
+    """Export a dataset version to parquet, jsonl or a HF `datasets` folder (pairs load in TRL unchanged)."""
+    if to not in ("parquet", "jsonl", "hf"):
+        raise PrefdataError(f"--to must be parquet, jsonl or hf, got {to!r}")
+    cat = _open_catalog(catalog)
+    info = cat.export(ref, to=to, out_dir=out)
+    if as_json:
+        _print_json(info)
+    else:
+        _console().print(f"exported {ref} ({info.get('rows')} rows) as {to} to {out}")
+
+
+@app.command()
+@user_errors
+def train(
+    recipe: Annotated[Path, typer.Argument(help="Training recipe YAML.")],
+    resume: Annotated[bool, typer.Option("--resume", help="Resume from the last checkpoint in output_dir.")] = False,
+    catalog: CatalogOpt = None,
+    as_json: JsonOpt = False,
+):
+    """Train a model with a DPO-family loss on a catalog dataset or a parquet file."""
+    from training.run import train_from_recipe
+
+    path = _catalog_path(catalog)
+    result = train_from_recipe(recipe, catalog_path=path if path.exists() else None, resume=resume)
+    if as_json:
+        _print_json(result)
+
+
+@app.command()
+@user_errors
+def report(
+    ref: Annotated[str, typer.Argument(help="NAME[@VERSION|@TAG].")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output directory for index.html.")] = Path("report"),
+    catalog: CatalogOpt = None,
+    as_json: JsonOpt = False,
+):
+    """Write a static HTML report (plots + lineage) for a dataset version."""
+    from prefdata.report import write_report
+
+    cat = _open_catalog(catalog)
+    index = write_report(cat, ref, out)
+    if as_json:
+        _print_json({"index": index})
+    else:
+        _console().print(f"wrote {index}")
+
+
+@app.command()
+@user_errors
+def publish(
+    ref: Annotated[str, typer.Argument(help="NAME[@VERSION|@TAG].")],
+    repo: Annotated[str, typer.Option("--repo", help="Hub dataset repo id, e.g. me/arena-curry.")],
+    dry_run: Annotated[Path | None, typer.Option("--dry-run", help="Write what would be uploaded to DIR; upload nothing.")] = None,
+    private: Annotated[bool, typer.Option("--private", help="Create the repo as private.")] = False,
+    catalog: CatalogOpt = None,
+    as_json: JsonOpt = False,
+):
+    """Publish a dataset version to the Hub (parquet shards + dataset card; version becomes a revision tag)."""
+    from prefdata.publish import publish as do_publish
+
+    cat = _open_catalog(catalog)
+    info = do_publish(cat, ref, repo, dry_run=dry_run, private=private)
+    if as_json:
+        _print_json(info)
+    elif dry_run:
+        _console().print(f"dry run: wrote {info.get('files', '?')} files for {repo} to {dry_run}")
+    else:
+        _console().print(f"published {ref} to {repo} (revision tag {info.get('tag')})")
+
+
+def main() -> None:  # pragma: no cover - console entry
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
