@@ -1,0 +1,1 @@
+"""Inline SVG charts and styles for prefdata.report (no plotting dependency)."""
