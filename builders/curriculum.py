@@ -1,0 +1,116 @@
+"""`curriculum` step: assign each pair a training stage (Curry-DPO, methods.md §6(b)).
+
+Difficulty comes from one of:
+  margin        rating gap score_chosen - score_rejected; a large gap is an easy pair
+  kth_easiest   the paper's construction: stage k holds every prompt's k-th easiest pair (pairs ordered
+                by gap, then chosen score, then ids); with `stages` set, pairs past the last stage go to
+                the last stage (`overflow: last_stage`) or are dropped with a reason (`overflow: drop`)
+  rank_gap      rank_rejected - rank_chosen (needs the rank_* columns that `pairs` carries after `rank`)
+  <column>      any numeric column of the pairs table; `higher_is_easier` says which way it points
+For margin / rank_gap / <column> the pairs are split into `stages` quantile stages over the easy -> hard
+order. Equal values always share a stage (splitting a tie between stages would be arbitrary): a tie
+group goes to the stage of its middle position, so stages are as equal in size as the ties allow.
+`order: hard_to_easy` reverses the difficulty order. The output is sorted by stage; inside a stage the
+input order is kept (a stable sort), so the result is deterministic."""
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+import polars as pl
+from pydantic import Field, model_validator
+
+from builders.base import Built, StepConfig, StepContext
+from builders.rank import ROW, count_reasons, raise_on_missing
+from prefdata.errors import SchemaError
+
+
+class CurriculumConfig(StepConfig):
+    output_kind: ClassVar[str | None] = "pairs"
+    stages: int | None = Field(3, ge=1)             # None only with kth_easiest: as many as the largest prompt
+    by: str = "margin"                                # margin | kth_easiest | rank_gap | <numeric column>
+    order: Literal["easy_to_hard", "hard_to_easy"] = "easy_to_hard"
+    higher_is_easier: bool = True                     # for a <column> difficulty
+    overflow: Literal["last_stage", "drop"] = "last_stage"   # kth_easiest pairs past the last stage
+    missing: Literal["drop", "error"] = "error"       # pairs with no difficulty value (e.g. null margin)
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.stages is None and self.by != "kth_easiest":
+            raise ValueError("stages: null is only allowed with by: kth_easiest")
+        return self
+
+    def label(self) -> str:
+        n = "all" if self.stages is None else self.stages
+        return f"{n} stages by {self.by}, {self.order.replace('_', ' ')}"
+
+
+def _difficulty(schema: pl.Schema, cfg: CurriculumConfig) -> tuple[pl.Expr, str, bool]:
+    """(value expr, shown name, higher_is_easier)."""
+    def need(*cols: str) -> None:
+        for c in cols:
+            if c not in schema:
+                hint = " (run rank before pairs so pairs carry rank_chosen/rank_rejected)" if "rank" in c else ""
+                raise SchemaError(f"curriculum by {cfg.by}: pairs have no column {c!r}{hint}", column=c,
+                                  expected="numeric")
+    if cfg.by in ("margin", "kth_easiest"):
+        need("margin")
+        return pl.col("margin").cast(pl.Float64), "margin", True
+    if cfg.by == "rank_gap":
+        need("rank_chosen", "rank_rejected")
+        return (pl.col("rank_rejected") - pl.col("rank_chosen")).cast(pl.Float64), "rank gap", True
+    need(cfg.by)
+    if not schema[cfg.by].is_numeric():
+        raise SchemaError(f"curriculum by {cfg.by}: column has type {schema[cfg.by]}, expected a number",
+                          column=cfg.by, expected="numeric")
+    return pl.col(cfg.by).cast(pl.Float64), cfg.by, cfg.higher_is_easier
+
+
+def _quantile_stages(df: pl.DataFrame, stages: int) -> pl.Expr:
+    """Stage from the position in the easy->hard order (`__ease` ascending = easiest first); a tie group
+    takes the stage of its middle position."""
+    n = max(df.height, 1)
+    first = pl.col("__p").min().over("__ease")
+    last = pl.col("__p").max().over("__ease")
+    return (((first + last) / 2.0) * stages / n).floor().clip(0, stages - 1).cast(pl.Int32)
+
+
+def build_curriculum(frame: pl.LazyFrame, cfg: CurriculumConfig, ctx: StepContext) -> Built:
+    schema = frame.collect_schema()
+    value, shown, higher_easier = _difficulty(schema, cfg)
+    df = frame.with_row_index(ROW).with_columns(
+        __v=value, __drop=pl.when(value.is_null() | value.is_nan()).then(pl.lit(f"{shown} is null"))).collect()
+    if cfg.missing == "error":
+        raise_on_missing(df, "__drop", "curriculum")
+    ok = df.filter(pl.col("__drop").is_null())
+    # __ease: smaller = easier, whatever the direction of the raw value
+    ease = -pl.col("__v") if higher_easier else pl.col("__v")
+    if cfg.order == "hard_to_easy":
+        ease = -ease
+    ok = ok.with_columns(__ease=ease)
+    overflow_drop = pl.lit(None, pl.String)
+    if cfg.by == "kth_easiest":
+        cs = pl.col("score_chosen") if "score_chosen" in ok.columns else pl.lit(0.0)
+        within = pl.struct(pl.col("__ease"), -cs.fill_null(0.0), "chosen_id", "rejected_id") \
+            .rank("ordinal").over("prompt_id") - 1
+        ok = ok.with_columns(__k=within.cast(pl.Int32))
+        n_stages = cfg.stages or (int(ok["__k"].max()) + 1 if ok.height else 1)
+        if cfg.overflow == "drop":
+            overflow_drop = pl.when(pl.col("__k") >= n_stages).then(pl.lit(f"beyond stage {n_stages - 1}"))
+        ok = ok.with_columns(stage=pl.col("__k").clip(0, n_stages - 1).cast(pl.Int32))
+    else:
+        n_stages = cfg.stages
+        ok = ok.sort(["__ease", ROW]).with_columns(__p=pl.int_range(pl.len()))
+        ok = ok.with_columns(stage=_quantile_stages(ok, n_stages)).sort(ROW)
+    ok = ok.with_columns(__drop=overflow_drop)
+    acct = pl.concat([df.filter(pl.col("__drop").is_not_null()).select(ROW, "__drop"), ok.select(ROW, "__drop")])
+    drops = count_reasons(acct, "__drop")
+    out = ok.filter(pl.col("__drop").is_null()).sort(["stage", ROW])
+    sizes = [int(out.filter(pl.col("stage") == s).height) for s in range(n_stages)]
+    ranges = out.group_by("stage").agg(pl.col("__v").min().alias("lo"), pl.col("__v").max().alias("hi")).sort("stage")
+    cols = [c for c in df.columns if c not in (ROW, "__v", "__drop")]
+    out = out.select(cols)
+    info = {"stages": n_stages, "stage_sizes": sizes, "by": cfg.by, "order": cfg.order,
+            "stage_ranges": {int(s): [lo, hi] for s, lo, hi in ranges.iter_rows()}}
+    summary = " · ".join(f"stage {i}: {n:,}" for i, n in enumerate(sizes))
+    return Built(out.lazy(), "pairs", drops=drops, rows_in=df.height, rows_kept=out.height, info=info,
+                 summary=summary)

@@ -1,0 +1,250 @@
+"""`pairs` step: K scored responses per prompt -> chosen/rejected pairs (methods.md §6(a), Curry-DPO §6(b)).
+
+A pair (i, j) is formed only when s_i - s_j > max(min_margin, tie_eps): responses within tie_eps are
+the same rank and never form a pair. Strategies decide which pairs are *candidates*:
+  best_vs_worst  (argmax, argmin)
+  best_vs_all    (argmax, j) for every other j
+  all_pairs      every (i, j) with s_i > s_j
+  adjacent       neighbours after a stable descending sort
+  curry          Curry-DPO multi-pair: anchored on the best (R1-R2 .. R1-Rk) and/or the worst
+                 (R1-Rk .. Rk-1-Rk), ordered easy -> hard by rating gap (chosen score breaks gap ties)
+argmax/argmin ties are broken by input position within the prompt (`tie_break: index`) or by a seeded
+random draw over response ids (`tie_break: seeded`); `max_pairs_per_prompt` keeps a seeded random
+subset (or the largest margins). Random draws come from numpy's PCG64 over pairs sorted by ids, so the
+choice depends on seed and content only, not on row order or the polars version.
+
+Margins are rounded to 12 decimals before any comparison, so 0.9 - 0.7 counts as 0.2 (not
+0.20000000000000007) and a min_margin of 0.2 behaves as written.
+
+Accounting is per input response: kept = appears in >= 1 pair; every other response gets exactly one
+reason (first that applies): score is null/NaN, duplicate response text, prompt has < 2 responses,
+tied with every other response, not selected (<strategy>), not selected (max_pairs_per_prompt),
+below min_margin, tied with its candidate partners."""
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+import numpy as np
+import polars as pl
+from pydantic import Field
+
+from builders.base import Built, StepConfig, StepContext
+from builders.rank import ROW, count_reasons, missing_reason
+from prefdata.errors import SchemaError
+
+Strategy = Literal["best_vs_worst", "best_vs_all", "all_pairs", "adjacent", "curry"]
+DECIMALS = 12                                            # margins are rounded (see module doc)
+PROMPT_LEVEL = ("prompt_id", "prompt", "messages")       # shared by chosen and rejected
+RENAMED = {"response": ("chosen", "rejected"), "response_id": ("chosen_id", "rejected_id"),
+           "score": ("score_chosen", "score_rejected")}
+
+
+class PairsConfig(StepConfig):
+    output_kind: ClassVar[str | None] = "pairs"
+    strategy: Strategy = "all_pairs"
+    min_margin: float = Field(0.0, ge=0)
+    tie_eps: float = Field(0.0, ge=0)
+    max_pairs_per_prompt: int | None = Field(None, ge=1)
+    select: Literal["random", "largest_margin"] = "random"    # which pairs survive max_pairs_per_prompt
+    tie_break: Literal["index", "seeded"] = "index"           # argmax/argmin ties
+    curry_anchor: Literal["best", "worst", "both"] = "best"   # curry only
+    drop_duplicate_texts: bool = True                         # identical texts in a prompt: keep the first
+    seed: int | None = None                                   # None: the recipe's seed
+
+    def label(self) -> str:
+        s = self.strategy + (f" ({self.curry_anchor})" if self.strategy == "curry" else "")
+        if self.min_margin:
+            s += f", min_margin {self.min_margin:g}"
+        if self.tie_eps:
+            s += f", tie_eps {self.tie_eps:g}"
+        if self.max_pairs_per_prompt:
+            s += f", max {self.max_pairs_per_prompt}/prompt"
+        return s
+
+
+def seeded_keys(frame: pl.DataFrame, by: list[str], seed: int) -> pl.Series:
+    """Uniform random keys for `frame`'s rows, drawn in the order of `by` (ids), returned in frame order."""
+    order = frame.select(pl.arg_sort_by(by)).to_series().to_numpy()
+    keys = np.empty(frame.height)
+    keys[order] = np.random.Generator(np.random.PCG64(seed)).random(frame.height)
+    return pl.Series(keys)
+
+
+def _extreme(valid: pl.DataFrame, best: bool) -> pl.DataFrame:
+    """Per prompt the argmax (best) or argmin response row; ties go to the lowest tie-break key."""
+    return valid.group_by("_g").agg(
+        pl.col(ROW).sort_by(["score", "_tb"], descending=[best, False]).first().alias("b" if best else "w"))
+
+
+def _structural(valid: pl.DataFrame, cfg: PairsConfig) -> pl.DataFrame | None:
+    """Candidate pairs (_g, c, r) before the margin test; None for all_pairs (every response is a
+    candidate, so only the pairs that pass are materialized — K(K-1)/2 per prompt can be large)."""
+    s = cfg.strategy
+    others = valid.select("_g", ROW)
+    if s == "best_vs_worst":
+        return _extreme(valid, True).join(_extreme(valid, False), on="_g").filter(pl.col("b") != pl.col("w")) \
+            .select("_g", pl.col("b").alias("c"), pl.col("w").alias("r"))
+    if s == "adjacent":
+        ordered = valid.sort(["_g", "score", "_tb"], descending=[False, True, False])
+        return ordered.select("_g", pl.col(ROW).alias("c"), pl.col(ROW).shift(-1).alias("r"),
+                              (pl.col("_g").shift(-1) == pl.col("_g")).alias("same")) \
+            .filter(pl.col("same")).drop("same")
+    parts = []
+    if s == "best_vs_all" or (s == "curry" and cfg.curry_anchor in ("best", "both")):
+        parts.append(_extreme(valid, True).join(others, on="_g").filter(pl.col("b") != pl.col(ROW))
+                     .select("_g", pl.col("b").alias("c"), pl.col(ROW).alias("r")))
+    if s == "curry" and cfg.curry_anchor in ("worst", "both"):
+        parts.append(_extreme(valid, False).join(others, on="_g").filter(pl.col("w") != pl.col(ROW))
+                     .select("_g", pl.col(ROW).alias("c"), pl.col("w").alias("r")))
+    if parts:
+        return pl.concat(parts).unique(["c", "r"], keep="first", maintain_order=True)
+    return None
+
+
+def _with_margins(pairs: pl.LazyFrame | pl.DataFrame, valid: pl.DataFrame):
+    sc = valid.select(pl.col(ROW).alias("c"), pl.col("score").alias("s_c"), pl.col("_pos").alias("c_pos"))
+    sr = valid.select(pl.col(ROW).alias("r"), pl.col("score").alias("s_r"), pl.col("_pos").alias("r_pos"))
+    return pairs.join(sc, on="c").join(sr, on="r").with_columns(
+        (pl.col("s_c") - pl.col("s_r")).round(DECIMALS).alias("margin"))
+
+
+def _all_pairs(valid: pl.DataFrame, threshold: float) -> pl.DataFrame:
+    v = valid.lazy().select("_g", ROW, "score", "_pos")
+    diff = (pl.col("score") - pl.col("score_r")).round(DECIMALS)
+    joined = v.join(v, on="_g", suffix="_r").filter(diff > threshold)
+    return joined.select("_g", pl.col(ROW).alias("c"), pl.col(f"{ROW}_r").alias("r"),
+                         pl.col("score").alias("s_c"), pl.col("score_r").alias("s_r"),
+                         pl.col("_pos").alias("c_pos"), pl.col("_pos_r").alias("r_pos"),
+                         diff.alias("margin")).collect(engine="streaming")
+
+
+def _orient(pairs: pl.DataFrame) -> pl.DataFrame:
+    # a candidate with s_c < s_r (e.g. adjacent neighbours are already oriented, but ties are not)
+    # becomes (r, c) so margins are >= 0; ties stay as they are and fail the margin test anyway
+    flip = pl.col("margin") < 0
+    swap = {a: pl.when(flip).then(pl.col(b)).otherwise(pl.col(a)) for a, b in
+            (("c", "r"), ("r", "c"), ("s_c", "s_r"), ("s_r", "s_c"), ("c_pos", "r_pos"), ("r_pos", "c_pos"))}
+    return pairs.with_columns(**swap, margin=pl.col("margin").abs())
+
+
+def _select(passing: pl.DataFrame, df: pl.DataFrame, cfg: PairsConfig, seed: int) -> pl.DataFrame:
+    if cfg.max_pairs_per_prompt is None:
+        return passing.with_columns(pl.lit(True).alias("sel"))
+    if cfg.select == "random":
+        ids = df.select(pl.col("prompt_id"), pl.col("response_id"))
+        keyed = passing.with_columns(pid=ids["prompt_id"].gather(passing["c"]),
+                                     cid=ids["response_id"].gather(passing["c"]),
+                                     rid=ids["response_id"].gather(passing["r"]))
+        key = seeded_keys(keyed, ["pid", "cid", "rid"], seed)
+        order = pl.col("_key").rank("ordinal").over("_g")
+        return passing.with_columns(_key=key).with_columns(sel=order <= cfg.max_pairs_per_prompt).drop("_key")
+    order = pl.struct(-pl.col("margin"), -pl.col("s_c"), "c_pos", "r_pos").rank("ordinal").over("_g")
+    return passing.with_columns(sel=order <= cfg.max_pairs_per_prompt)
+
+
+def _response_flags(pairs: pl.DataFrame, tie_eps: float) -> pl.DataFrame:
+    """Per response row: in a selected pair, in a passing pair, in a non-tied candidate pair."""
+    cols = [pl.col("sel"), pl.col("pass"), (pl.col("margin") > tie_eps).alias("nontie")]
+    long = pl.concat([pairs.select(pl.col("c").alias(ROW), *cols), pairs.select(pl.col("r").alias(ROW), *cols)])
+    return long.group_by(ROW).agg(pl.col("sel").any(), pl.col("pass").any(), pl.col("nontie").any(),
+                                  pl.lit(True).alias("cand"))
+
+
+def pair_output(df: pl.DataFrame, sel: pl.DataFrame, strategy: str) -> pl.DataFrame:
+    """Gather chosen/rejected rows into the pairs contract; per-response extras become X_chosen / X_rejected."""
+    base = df.drop(ROW, "__drop", strict=False)
+    chosen, rejected = base[sel["c"]], base[sel["r"]]
+    cols: dict[str, pl.Series] = {c: chosen[c] for c in PROMPT_LEVEL if c in base.columns}
+    for col in base.columns:
+        if col in PROMPT_LEVEL:
+            continue
+        a, b = RENAMED.get(col, (f"{col}_chosen", f"{col}_rejected"))
+        cols[a], cols[b] = chosen[col], rejected[col]
+    out = pl.DataFrame(cols).with_columns(
+        margin=sel["margin"], weight=pl.lit(1.0, pl.Float64), stage=pl.lit(0, pl.Int32),
+        strategy=pl.lit(strategy, pl.String))
+    first = ["prompt_id", "prompt", "chosen", "rejected", "chosen_id", "rejected_id", "score_chosen",
+             "score_rejected", "margin", "weight", "stage", "strategy"]
+    return out.select(first + [c for c in out.columns if c not in first])
+
+
+def build_pairs(frame: pl.LazyFrame, cfg: PairsConfig, ctx: StepContext) -> Built:
+    schema = frame.collect_schema()
+    for col, typ in (("prompt_id", "string"), ("prompt", "string"), ("response_id", "string"),
+                     ("response", "string"), ("score", "float64")):
+        if col not in schema:
+            hint = " (run a rank step first, or map the source's rating to score)" if col == "score" else ""
+            raise SchemaError(f"pairs: input has no column {col!r}{hint}", column=col, expected=typ)
+    seed = ctx.seed if cfg.seed is None else cfg.seed
+    t = max(cfg.min_margin, cfg.tie_eps)
+
+    reason = missing_reason({"score": pl.col("score").cast(pl.Float64)})
+    if cfg.drop_duplicate_texts:
+        dup = pl.col(ROW).rank("ordinal").over(["prompt_id", "response"]) > 1
+        reason = pl.when(reason.is_null() & dup).then(pl.lit("duplicate response text")).otherwise(reason)
+    df = frame.with_columns(pl.col("score").cast(pl.Float64)).with_row_index(ROW).with_columns(
+        reason.alias("__drop")).collect()
+
+    valid = (df.lazy().filter(pl.col("__drop").is_null()).select(ROW, "prompt_id", "response_id", "score")
+             .with_columns(_g=pl.col(ROW).min().over("prompt_id"),        # prompt key = its first row
+                           _n=pl.len().over("prompt_id"),
+                           _pos=(pl.col(ROW).rank("ordinal").over("prompt_id") - 1),
+                           _max=pl.col("score").max().over("prompt_id"),
+                           _min=pl.col("score").min().over("prompt_id"))
+             .filter(pl.col("_n") >= 2)
+             .collect())
+    if cfg.tie_break == "seeded":
+        valid = valid.with_columns(_tb=seeded_keys(valid, ["prompt_id", "response_id"], seed))
+    else:
+        valid = valid.with_columns(_tb=pl.col("_pos").cast(pl.Float64))
+
+    structural = _structural(valid, cfg)
+    if structural is None:
+        cand = _all_pairs(valid, t).with_columns(pl.lit(True).alias("pass"))
+    else:
+        cand = _orient(_with_margins(structural, valid)).with_columns((pl.col("margin") > t).alias("pass"))
+    passing = _select(cand.filter(pl.col("pass")), df, cfg, seed)
+    cand = cand.join(passing.select("c", "r", "sel"), on=["c", "r"], how="left") \
+        .with_columns(pl.col("sel").fill_null(False))
+
+    if cfg.strategy == "curry":   # easy (large gap) first; the chosen score breaks gap ties
+        order = ["_g", "margin", "s_c", "c_pos", "r_pos"], [False, True, True, False, False]
+    else:
+        order = ["_g", "c_pos", "r_pos"], [False, False, False]
+    sel = cand.filter(pl.col("sel")).sort(order[0], descending=order[1])
+    out = pair_output(df, sel, cfg.strategy)
+
+    # ---- accounting: one reason per input response
+    flags = _response_flags(cand, cfg.tie_eps)
+    tied_all = (((pl.col("_max") - pl.col("score")).round(DECIMALS) <= cfg.tie_eps)
+                & ((pl.col("score") - pl.col("_min")).round(DECIMALS) <= cfg.tie_eps))
+    per = valid.select(ROW, tied_all.alias("tied_all")).join(flags, on=ROW, how="left").with_columns(
+        pl.col("sel", "pass", "nontie", "cand").fill_null(False))
+    if structural is None:   # all_pairs: every response is a candidate; a non-tied one has a non-tied pair
+        per = per.with_columns(cand=pl.lit(True), nontie=~pl.col("tied_all"))
+    why = (pl.when(pl.col("sel")).then(pl.lit(None, pl.String))
+           .when(pl.col("tied_all")).then(pl.lit("tied with every other response"))
+           .when(~pl.col("cand")).then(pl.lit(f"not selected ({cfg.strategy})"))
+           .when(pl.col("pass")).then(pl.lit("not selected (max_pairs_per_prompt)"))
+           .when(pl.col("nontie")).then(pl.lit("below min_margin"))
+           .otherwise(pl.lit("tied with its candidate partners")))
+    per = per.select(ROW, why.alias("why"), pl.lit(True).alias("paired_prompt"))
+    acct = df.select(ROW, "__drop").join(per, on=ROW, how="left").with_columns(
+        pl.coalesce("__drop", pl.when(pl.col("paired_prompt").is_null())
+                    .then(pl.lit("prompt has < 2 responses")).otherwise(pl.col("why"))).alias("reason"))
+    drops = count_reasons(acct, "reason")
+    rows_kept = df.height - sum(drops.values())
+
+    prompts = df.select(pl.col("prompt_id").n_unique()).item()
+    with_pair = out.select(pl.col("prompt_id").n_unique()).item() if out.height else 0
+    all_tied = valid.filter((pl.col("_max") - pl.col("_min")).round(DECIMALS) <= cfg.tie_eps).select(pl.col("_g").n_unique()).item()
+    info = {"pairs": out.height, "prompts": prompts, "prompts_with_pairs": with_pair,
+            "prompts_without_pair": prompts - with_pair, "prompts_all_tied": all_tied,
+            "responses_in_pairs": rows_kept,
+            "margin_mean": float(out["margin"].mean()) if out.height else None,
+            "max_pairs_in_a_prompt": int(out.group_by("prompt_id").len()["len"].max()) if out.height else 0}
+    summary = f"{out.height:,} pairs from {with_pair:,} prompts"
+    if prompts - with_pair:
+        summary += f" · {prompts - with_pair:,} prompts without a pair ({all_tied:,} all tied)"
+    return Built(out.lazy(), "pairs", drops=drops, rows_in=df.height, rows_kept=rows_kept, info=info,
+                 summary=summary)

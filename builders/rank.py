@@ -1,0 +1,159 @@
+"""`rank` step: aggregate per-aspect / per-scorer scores into one `score` and a per-prompt `rank`.
+
+Criteria (`by`) name `score`, `rank` (Nectar-style, lower = better; used as -rank so that higher is
+better everywhere) or a field of the `scores` struct. Rows with a missing or non-finite value in any
+criterion are dropped with a reason naming the criterion (or raise, with `missing: error`): a response
+cannot be ranked on evidence it does not have, and inventing a value would bias the pairs built later.
+
+Ranks are competition ranks within a prompt: 1 = best, equal aggregates share a rank and the next rank
+skips (1, 2, 2, 4), i.e. rank = 1 + number of strictly better responses."""
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+import polars as pl
+from pydantic import field_validator, model_validator
+
+from builders.base import Built, StepConfig, StepContext
+from prefdata.errors import SchemaError
+
+ROW = "__row"   # temporary input row index (0-based), used to name offending rows
+
+
+class RankConfig(StepConfig):
+    output_kind: ClassVar[str | None] = None          # same kind as the input
+    by: list[str] = ["score"]
+    aggregate: Literal["mean", "weighted_mean", "zscore_mean", "borda"] = "mean"
+    weights: dict[str, float] | None = None
+    missing: Literal["drop", "error"] = "drop"
+
+    @field_validator("by", mode="before")
+    @classmethod
+    def _one_or_many(cls, v):
+        return [v] if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _check(self):
+        if not self.by:
+            raise ValueError("by must name at least one criterion")
+        if len(set(self.by)) != len(self.by):
+            raise ValueError(f"by lists a criterion twice: {self.by}")
+        if self.aggregate == "weighted_mean":
+            if not self.weights:
+                raise ValueError("aggregate weighted_mean needs weights: {criterion: weight}")
+            if set(self.weights) != set(self.by):
+                raise ValueError(f"weights keys {sorted(self.weights)} must equal by {sorted(self.by)}")
+            if any(w < 0 for w in self.weights.values()) or sum(self.weights.values()) <= 0:
+                raise ValueError("weights must be >= 0 with a positive sum")
+        elif self.weights is not None:
+            # silently ignoring weights would make a recipe say one thing and do another
+            raise ValueError(f"weights are only used by aggregate weighted_mean, not {self.aggregate}")
+        return self
+
+    def label(self) -> str:
+        return f"by {', '.join(self.by)} ({self.aggregate})"
+
+
+def criterion_expr(name: str, schema: pl.Schema) -> pl.Expr:
+    """The value of one criterion, oriented so that higher is better. Missing column -> SchemaError."""
+    if name in ("score", "rank"):
+        if name not in schema:
+            raise SchemaError(f"rank.by names {name!r} but the input has no column {name!r}",
+                              column=name, expected="float64" if name == "score" else "int32")
+        value = pl.col(name).cast(pl.Float64)
+        return -value if name == "rank" else value
+    scores = schema.get("scores")
+    fields = [f.name for f in scores.fields] if isinstance(scores, pl.Struct) else []
+    if name not in fields:
+        have = ", ".join(["score", "rank"] + [f"scores.{f}" for f in fields])
+        raise SchemaError(f"rank.by names {name!r} but the input has no column 'scores.{name}' "
+                          f"(criteria available: {have})", column=f"scores.{name}", expected="float64")
+    return pl.col("scores").struct.field(name).cast(pl.Float64)
+
+
+def display_name(name: str) -> str:
+    return name if name in ("score", "rank") else f"scores.{name}"
+
+
+def missing_reason(values: dict[str, pl.Expr]) -> pl.Expr:
+    """First criterion (in `by` order) that is null / NaN / infinite, as a drop reason; null when all valid.
+    One reason per row keeps rows_in == kept + sum(drops) exact."""
+    expr = pl.lit(None, dtype=pl.String)
+    for name, v in reversed(list(values.items())):
+        shown = display_name(name)
+        expr = (pl.when(v.is_null()).then(pl.lit(f"{shown} is null"))
+                .when(v.is_nan()).then(pl.lit(f"{shown} is NaN"))
+                .when(v.is_infinite()).then(pl.lit(f"{shown} is infinite"))
+                .otherwise(expr))
+    return expr
+
+
+def count_reasons(df: pl.DataFrame, column: str) -> dict[str, int]:
+    """{reason: rows} for the non-null values of `column`, in a stable (sorted) order."""
+    counts = df.filter(pl.col(column).is_not_null()).group_by(column).len().sort(column)
+    return {r: int(n) for r, n in counts.iter_rows()}
+
+
+def raise_on_missing(df: pl.DataFrame, reason_col: str, step: str) -> None:
+    bad = df.filter(pl.col(reason_col).is_not_null())
+    if bad.height:
+        first = bad.row(0, named=True)
+        reason = first[reason_col]
+        raise SchemaError(f"{step}: {reason} in {bad.height} row(s) (set missing: drop to drop them with a reason)",
+                          column=reason.split(" is ")[0], expected="finite float64", row=first[ROW])
+
+
+def build_rank(frame: pl.LazyFrame, cfg: RankConfig, ctx: StepContext) -> Built:
+    schema = frame.collect_schema()
+    for col in ("prompt_id", "response_id"):
+        if col not in schema:
+            raise SchemaError(f"rank: input has no column {col!r}", column=col, expected="string")
+    values = {name: criterion_expr(name, schema) for name in cfg.by}
+    crit = [f"__c{i}" for i in range(len(cfg.by))]
+    marked = (frame.with_row_index(ROW)
+              .with_columns(*(v.alias(c) for v, c in zip(values.values(), crit, strict=True)),
+                            missing_reason(values).alias("__drop"))
+              .collect())
+    if cfg.missing == "error":
+        raise_on_missing(marked, "__drop", "rank")
+    drops = count_reasons(marked, "__drop")
+    valid_per_prompt = marked.group_by("prompt_id").agg(pl.col("__drop").is_null().sum().alias("n"))
+    prompts_lt2 = int((valid_per_prompt["n"] < 2).sum())
+
+    kept = marked.filter(pl.col("__drop").is_null())
+    cols = [pl.col(c) for c in crit]
+    if cfg.aggregate == "mean":
+        agg = pl.sum_horizontal(cols) / len(cols)
+    elif cfg.aggregate == "weighted_mean":
+        w = [cfg.weights[name] for name in cfg.by]
+        agg = pl.sum_horizontal([c * wi for c, wi in zip(cols, w, strict=True)]) / sum(w)
+    elif cfg.aggregate == "zscore_mean":
+        # each scorer standardized over the whole dataset (population std); a constant scorer carries
+        # no ranking information, so it contributes 0 rather than a division by zero
+        z = [pl.when(c.std(ddof=0) > 0).then((c - c.mean()) / c.std(ddof=0)).otherwise(0.0) for c in cols]
+        agg = pl.sum_horizontal(z) / len(z)
+    else:  # borda: points = responses beaten in the same prompt, a tie counts half
+        pts = [c.rank("average").over("prompt_id") - 1.0 for c in cols]
+        agg = pl.sum_horizontal(pts) / len(pts)
+
+    extra = []
+    if "score" in schema and "score" not in cfg.by:
+        extra.append(pl.col("score").cast(pl.Float64).alias("score_input"))   # keep the source's overall score
+    if "rank" in schema and "rank" not in cfg.by:
+        extra.append(pl.col("rank").alias("rank_input"))
+    out = (kept.with_columns(*extra)
+           .with_columns(agg.cast(pl.Float64).alias("score"))
+           .with_columns(pl.col("score").rank("min", descending=True).over("prompt_id").cast(pl.Int32).alias("rank"))
+           .drop([ROW, "__drop", *crit]))
+    tied = out.group_by("prompt_id").agg((pl.len() >= 2) & (pl.col("score").n_unique() == 1)).to_series(1).sum()
+    info = {"by": list(cfg.by), "aggregate": cfg.aggregate, "prompts": valid_per_prompt.height,
+            "prompts_lt2": prompts_lt2, "prompts_all_tied": int(tied)}
+    dropped = sum(drops.values())
+    summary = f"kept {out.height:,}"
+    if dropped:
+        summary += f" · dropped {dropped:,} (" + ", ".join(f"{r}: {n:,}" if len(drops) > 1 else r
+                                                           for r, n in drops.items()) + ")"
+    if prompts_lt2:
+        summary += f" · {prompts_lt2:,} prompts with < 2 scored responses"
+    return Built(out.lazy(), "responses", drops=drops, rows_in=marked.height, rows_kept=out.height,
+                 info=info, summary=summary)
