@@ -1,0 +1,482 @@
+"""Video preference builders: PaMi-VDPO augmented rejections and DenseDPO per-segment labels.
+
+PaMi-VDPO (methods.md §5.6, §6(h)): the rejected input is an augmented copy of the chosen clip with the same
+response text. Temporal (shuffle, reverse, drop, speed, repeat) and spatial (crop, blur, noise, color jitter)
+transforms run at graded strengths; each strength is a curriculum stage, ordered close → far (stage 0 =
+mildest), because early training should see rejections that are still semantically relevant.
+
+DenseDPO (§5.5, §6(g)): an aligned clip pair is cut into fixed-length segments and each segment gets a label
++1 (chosen better), −1 (worse) or 0 (tie) from a per-frame scorer averaged over the segment: PSNR or SSIM
+against a reference clip, a no-reference sharpness score, or CLIP image-text similarity to a caption.
+
+Augmentations work on whole clips as tensors (one conv / interpolate call for all frames) instead of a
+per-frame PIL loop; clips are processed by a bounded thread pool and only URIs are kept, so a build over
+thousands of clips holds a few clips in memory at a time."""
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Literal
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import torch
+import torch.nn.functional as F
+from pydantic import Field, field_validator
+
+from builders.base import Built, StepConfig, StepContext
+from builders.media import MediaDrop, MediaError, MediaStore, drop_summary, encode_video, read_video
+from prefdata.errors import SchemaError
+from prefdata.schema import conform, validate
+
+Aug = Literal["shuffle", "reverse", "drop", "speed", "repeat", "crop", "blur", "noise", "color_jitter"]
+TEMPORAL = ("shuffle", "reverse", "drop", "speed", "repeat")
+SPATIAL = ("crop", "blur", "noise", "color_jitter")
+
+
+# ---------------------------------------------------------------- augmentations: uint8 [T,H,W,3] tensor -> same shape
+
+def _temporal_index(idx: np.ndarray, clip: torch.Tensor) -> torch.Tensor:
+    return clip[torch.from_numpy(idx.astype(np.int64))]
+
+
+def aug_shuffle(clip: torch.Tensor, s: float, rng: np.random.Generator) -> torch.Tensor:
+    """Permute round(s·T) randomly chosen frames among their own positions (a derangement of them)."""
+    t = clip.shape[0]
+    k = min(t, max(2, round(s * t)))
+    pos = np.sort(rng.choice(t, size=k, replace=False))
+    order = rng.permutation(k)
+    idx = np.arange(t)
+    # one k-cycle through the chosen positions: every chosen frame moves (a derangement)
+    idx[pos[order]] = pos[np.roll(order, -1)]
+    return _temporal_index(idx, clip)
+
+
+def aug_reverse(clip: torch.Tensor, s: float, rng: np.random.Generator) -> torch.Tensor:
+    """Reverse a contiguous sub-clip of round(s·T) frames (s = 1: the whole clip)."""
+    t = clip.shape[0]
+    k = min(t, max(2, round(s * t)))
+    start = int(rng.integers(t - k + 1))
+    idx = np.arange(t)
+    idx[start:start + k] = idx[start:start + k][::-1]
+    return _temporal_index(idx, clip)
+
+
+def aug_drop(clip: torch.Tensor, s: float, rng: np.random.Generator) -> torch.Tensor:
+    """Cut a contiguous sub-clip of round(s·T/2) frames and stretch the rest back to T frames (length kept,
+    so chosen and rejected stay the same size for batching)."""
+    t = clip.shape[0]
+    k = min(t - 1, max(1, round(s * t / 2)))
+    start = int(rng.integers(t - k + 1))
+    keep = np.concatenate([np.arange(start), np.arange(start + k, t)])
+    idx = keep[np.floor(np.linspace(0, len(keep) - 1e-9, t)).astype(int)]
+    return _temporal_index(idx, clip)
+
+
+def aug_speed(clip: torch.Tensor, s: float, rng: np.random.Generator) -> torch.Tensor:
+    """Play (1 + 3s)× faster and hold the last frame (length kept; looping instead would make a faster
+    clip land closer to the original at some speeds, breaking the strength order)."""
+    t = clip.shape[0]
+    f = 1.0 + 3.0 * s
+    return _temporal_index(np.minimum(np.floor(np.arange(t) * f).astype(int), t - 1), clip)
+
+
+def aug_repeat(clip: torch.Tensor, s: float, rng: np.random.Generator) -> torch.Tensor:
+    """Slow motion by frame repetition: each frame shown (1 + 3s) times, clip length kept."""
+    t = clip.shape[0]
+    f = 1.0 + 3.0 * s
+    return _temporal_index(np.minimum(np.floor(np.arange(t) / f).astype(int), t - 1), clip)
+
+
+def _to_float(clip: torch.Tensor) -> torch.Tensor:      # [T,H,W,3] uint8 -> [T,3,H,W] float
+    return clip.permute(0, 3, 1, 2).float()
+
+
+def _to_uint8(x: torch.Tensor) -> torch.Tensor:
+    return x.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+
+
+def aug_crop(clip: torch.Tensor, s: float, rng: np.random.Generator) -> torch.Tensor:
+    """Random crop keeping (1 − 0.75s) of the area (same window every frame), resized back to H×W."""
+    _, h, w, _ = clip.shape
+    side = math.sqrt(1.0 - 0.75 * s)
+    ch, cw = max(2, round(h * side)), max(2, round(w * side))
+    y0, x0 = int(rng.integers(h - ch + 1)), int(rng.integers(w - cw + 1))
+    x = _to_float(clip[:, y0:y0 + ch, x0:x0 + cw])
+    return _to_uint8(F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False))
+
+
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur on [N,C,H,W], all frames and channels in two conv calls."""
+    r = max(1, int(math.ceil(3 * sigma)))
+    k = torch.exp(-(torch.arange(-r, r + 1, dtype=torch.float32) ** 2) / (2 * sigma * sigma))
+    k = (k / k.sum()).to(x.dtype)
+    c = x.shape[1]
+    pad_h, pad_w = min(r, x.shape[2] - 1), min(r, x.shape[3] - 1)
+    x = F.pad(x, (pad_w, pad_w, 0, 0), mode="reflect") if pad_w == r else F.pad(x, (r, r, 0, 0), mode="replicate")
+    x = F.conv2d(x, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    x = F.pad(x, (0, 0, pad_h, pad_h), mode="reflect") if pad_h == r else F.pad(x, (0, 0, r, r), mode="replicate")
+    return F.conv2d(x, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+
+
+def aug_blur(clip: torch.Tensor, s: float, rng: np.random.Generator) -> torch.Tensor:
+    """Gaussian blur, sigma = 0.5 + 4.5s pixels."""
+    return _to_uint8(gaussian_blur(_to_float(clip), 0.5 + 4.5 * s))
+
+
+def aug_noise(clip: torch.Tensor, s: float, rng: np.random.Generator) -> torch.Tensor:
+    """Additive Gaussian noise, std = 60s grey levels; the noise comes from the row's generator (seeded)."""
+    g = torch.Generator().manual_seed(int(rng.integers(2**62)))
+    x = _to_float(clip)
+    return _to_uint8(x + torch.randn(x.shape, generator=g) * (60.0 * s))
+
+
+def aug_color_jitter(clip: torch.Tensor, s: float, rng: np.random.Generator) -> torch.Tensor:
+    """Brightness, contrast and saturation each scaled by 1 ± 0.8s (sign drawn per factor)."""
+    b, c, sat = (1.0 + 0.8 * s * (1 if rng.random() < 0.5 else -1) for _ in range(3))
+    x = _to_float(clip) * b
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    x = (x - mean) * c + mean
+    grey = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
+    x = (x - grey) * sat + grey
+    return _to_uint8(x)
+
+
+AUGMENTATIONS: dict[str, Callable[[torch.Tensor, float, np.random.Generator], torch.Tensor]] = {
+    "shuffle": aug_shuffle, "reverse": aug_reverse, "drop": aug_drop, "speed": aug_speed, "repeat": aug_repeat,
+    "crop": aug_crop, "blur": aug_blur, "noise": aug_noise, "color_jitter": aug_color_jitter,
+}
+
+
+def augment(frames: np.ndarray, name: str, strength: float, rng: np.random.Generator) -> np.ndarray:
+    return AUGMENTATIONS[name](torch.from_numpy(np.ascontiguousarray(frames)), strength, rng).numpy()
+
+
+def clip_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean absolute pixel difference in [0, 1]: how far an augmented clip moved from the original."""
+    return float(np.abs(a.astype(np.int16) - b.astype(np.int16)).mean() / 255.0)
+
+
+def _rng(seed: int, *parts: str) -> np.random.Generator:
+    return np.random.default_rng([seed, int(hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:15], 16)])
+
+
+def _sha(s: str) -> str:
+    return hashlib.sha256(s.encode()).hexdigest()
+
+
+def _bounded_map(fn, items, threads: int) -> Iterator:
+    """Ordered map with at most 2×threads jobs in flight (bounded memory over a long input)."""
+    with ThreadPoolExecutor(threads) as ex:
+        pending = []
+        for it in items:
+            pending.append(ex.submit(fn, it))
+            if len(pending) >= 2 * threads:
+                yield pending.pop(0).result()
+        for f in pending:
+            yield f.result()
+
+
+# ---------------------------------------------------------------- PaMi-VDPO step
+
+class VideoAugmentConfig(StepConfig, frozen=True):
+    video_column: str = "video"
+    prompt_column: str = "prompt"
+    response_column: str = "response"       # the fixed response y shared by chosen and rejected
+    augmentations: list[Aug] = Field(default_factory=lambda: ["shuffle", "reverse", "drop", "speed",
+                                                              "crop", "blur", "noise", "color_jitter"])
+    strengths: list[float] = Field(default_factory=lambda: [0.2, 0.5, 0.9])   # stage k = k-th smallest
+    candidates_per_stage: int = Field(1, ge=1)   # distinct augmentations drawn per stage and clip
+    max_frames: int | None = Field(None, ge=2)   # decode at most this many frames per clip
+    codec: Literal["libx264", "ffv1", "mpeg4"] = "libx264"
+    crf: int = Field(18, ge=0, le=51)
+    threads: int = Field(4, ge=1)
+    seed: int | None = None
+
+    @field_validator("strengths")
+    @classmethod
+    def _strengths(cls, v):
+        if not v or any(not 0.0 < s <= 1.0 for s in v):
+            raise ValueError("strengths must be a non-empty list of values in (0, 1]")
+        return sorted(v)  # close → far
+
+
+def build_video_augment(frame: pl.LazyFrame, cfg: VideoAugmentConfig, ctx: StepContext) -> Built:
+    df = frame.collect()
+    for c in (cfg.video_column, cfg.prompt_column, cfg.response_column):
+        if c not in df.columns:
+            raise SchemaError(f"video_augment: input has no column {c!r} (have {df.columns})", column=c)
+    if cfg.candidates_per_stage > len(cfg.augmentations):
+        raise SchemaError(f"video_augment: candidates_per_stage {cfg.candidates_per_stage} exceeds the "
+                          f"{len(cfg.augmentations)} augmentations listed")
+    seed = ctx.seed if cfg.seed is None else cfg.seed
+    store = MediaStore.for_context(ctx)
+    videos = df.get_column(cfg.video_column).to_list()
+    prompts = df.get_column(cfg.prompt_column).to_list()
+    responses = df.get_column(cfg.response_column).to_list()
+
+    def job(i: int) -> list[dict] | MediaDrop | str:
+        if videos[i] is None or prompts[i] is None or responses[i] is None:
+            return "missing video, prompt or response"
+        path = store.resolve(videos[i])
+        try:
+            frames, fps = read_video(path, row=i, max_frames=cfg.max_frames)
+        except MediaError as e:
+            return MediaDrop(i, cfg.video_column, str(path), str(e))
+        # the stored chosen clip is the exact decoded frames we augmented, so both sides share codec and length
+        data, ext = encode_video(frames, fps, codec=cfg.codec, crf=cfg.crf)
+        chosen_uri = store.put_bytes(data, ext)
+        rng = _rng(seed, videos[i], str(i))
+        out = []
+        for stage, s in enumerate(cfg.strengths):
+            picks = rng.choice(len(cfg.augmentations), size=cfg.candidates_per_stage, replace=False)
+            for a in sorted(picks.tolist()):
+                name = cfg.augmentations[a]
+                aug = augment(frames, name, s, _rng(seed, videos[i], str(i), name, repr(s)))
+                data, ext = encode_video(aug, fps, codec=cfg.codec, crf=cfg.crf)
+                out.append({"row": i, "video_chosen": chosen_uri, "video_rejected": store.put_bytes(data, ext),
+                            "augmentation": name, "strength": s, "stage": stage,
+                            "aug_distance": clip_distance(frames, aug), "frames": int(frames.shape[0])})
+        return out
+
+    rows, bad, drops, kept = [], [], {}, 0
+    for res in _bounded_map(job, range(df.height), cfg.threads):
+        if isinstance(res, MediaDrop):
+            bad.append(res)
+            drops["unreadable media"] = drops.get("unreadable media", 0) + 1
+        elif isinstance(res, str):
+            drops[res] = drops.get(res, 0) + 1
+        else:
+            kept += 1
+            rows.extend(res)
+    n = len(rows)
+    col = lambda k: [r[k] for r in rows]  # noqa: E731
+    prompt = [prompts[r["row"]] for r in rows]
+    resp = [responses[r["row"]] for r in rows]
+    table = conform(pa.table({
+        "prompt_id": pa.array([_sha(p + "\x00" + v) for p, v in zip(prompt, col("video_chosen"))], pa.string()),
+        "prompt": pa.array(prompt, pa.string()), "chosen": pa.array(resp, pa.string()),
+        "rejected": pa.array(resp, pa.string()),
+        "chosen_id": pa.array([_sha(v + "\x00" + y) for v, y in zip(col("video_chosen"), resp)], pa.string()),
+        "rejected_id": pa.array([_sha(v + "\x00" + y) for v, y in zip(col("video_rejected"), resp)], pa.string()),
+        "score_chosen": pa.nulls(n, pa.float64()), "score_rejected": pa.nulls(n, pa.float64()),
+        "margin": pa.nulls(n, pa.float64()), "weight": pa.array([1.0] * n, pa.float64()),
+        "stage": pa.array(col("stage"), pa.int32()),
+        "strategy": pa.array([f"pami_vdpo:{a}" for a in col("augmentation")], pa.string()),
+        "video_chosen": pa.array(col("video_chosen"), pa.string()),
+        "video_rejected": pa.array(col("video_rejected"), pa.string()),
+        "augmentation": pa.array(col("augmentation"), pa.string()),
+        "strength": pa.array(col("strength"), pa.float64()),
+        "aug_distance": pa.array(col("aug_distance"), pa.float64()),
+        "frames": pa.array(col("frames"), pa.int32()),
+    }), "pairs")
+    validate(table, "pairs")
+    per_stage = {k: sum(r["stage"] == k for r in rows) for k in range(len(cfg.strengths))}
+    summary = f"{n} augmented video pairs from {kept} clips · stages " + ", ".join(
+        f"{k} (s={s:g}): {per_stage[k]}" for k, s in enumerate(cfg.strengths))
+    if bad:
+        summary += f" · {drop_summary(bad)}"
+    return Built(pl.from_arrow(table).lazy(), "pairs", drops=drops, rows_in=df.height, rows_kept=kept,
+                 info={"per_stage": per_stage, "strengths": list(cfg.strengths), "seed": seed,
+                       "unreadable": [d.as_dict() for d in bad]}, summary=summary)
+
+
+# ---------------------------------------------------------------- DenseDPO per-segment labels
+
+def psnr_per_frame(x: np.ndarray, ref: np.ndarray, cap: float = 100.0) -> np.ndarray:
+    """PSNR in dB per frame; identical frames get `cap` instead of +inf (finite, orderable)."""
+    mse = ((x.astype(np.float64) - ref.astype(np.float64)) ** 2).reshape(len(x), -1).mean(axis=1)
+    with np.errstate(divide="ignore"):
+        p = 10.0 * np.log10(255.0 ** 2 / mse)
+    return np.minimum(p, cap)
+
+
+def _luma(x: np.ndarray) -> torch.Tensor:                 # [T,H,W,3] uint8 -> [T,1,H,W] float in [0,255]
+    t = torch.from_numpy(np.ascontiguousarray(x)).float()
+    return (0.299 * t[..., 0] + 0.587 * t[..., 1] + 0.114 * t[..., 2]).unsqueeze(1)
+
+
+def ssim_per_frame(x: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """SSIM on luma (Gaussian window σ=1.5, K1=0.01, K2=0.03), all frames at once."""
+    a, b = _luma(x), _luma(ref)
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    blur = lambda z: gaussian_blur(z, 1.5)  # noqa: E731
+    mu_a, mu_b = blur(a), blur(b)
+    va = blur(a * a) - mu_a ** 2
+    vb = blur(b * b) - mu_b ** 2
+    cov = blur(a * b) - mu_a * mu_b
+    m = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a ** 2 + mu_b ** 2 + c1) * (va + vb + c2))
+    return m.mean(dim=(1, 2, 3)).double().numpy()
+
+
+def sharpness_per_frame(x: np.ndarray) -> np.ndarray:
+    """No-reference sharpness: variance of the Laplacian of luma (compression and blur lower it)."""
+    lap = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]]).view(1, 1, 3, 3)
+    r = F.conv2d(_luma(x), lap)
+    return r.var(dim=(1, 2, 3)).double().numpy()
+
+
+class ClipScorer:
+    """CLIP image-text similarity per frame with open_clip (extra `clip`). Weights come from a local
+    checkpoint file (`pretrained`), never downloaded; `pretrained=None` gives random weights (tests only)."""
+
+    def __init__(self, model: str, pretrained: str | None, device: str = "cpu"):
+        import open_clip
+        self.model, _, self.preprocess = open_clip.create_model_and_transforms(model, pretrained=pretrained)
+        self.model.eval().to(device)
+        self.tokenizer = open_clip.get_tokenizer(model)
+        self.device = device
+
+    @torch.no_grad()
+    def __call__(self, frames: np.ndarray, text: str) -> np.ndarray:
+        from PIL import Image
+        imgs = torch.stack([self.preprocess(Image.fromarray(f)) for f in frames]).to(self.device)
+        fi = F.normalize(self.model.encode_image(imgs).float(), dim=-1)
+        ft = F.normalize(self.model.encode_text(self.tokenizer([text]).to(self.device)).float(), dim=-1)
+        return (fi @ ft.T).squeeze(1).double().cpu().numpy()
+
+
+def segment_bounds(n_frames: int, seg: int) -> list[tuple[int, int]]:
+    """Fixed-length segments [start, end); a short remainder joins the last segment (no sliver segments)."""
+    n = max(1, n_frames // seg)
+    bounds = [(k * seg, (k + 1) * seg) for k in range(n)]
+    bounds[-1] = (bounds[-1][0], n_frames)
+    return bounds
+
+
+def segment_labels(score_a: np.ndarray, score_b: np.ndarray, bounds: list[tuple[int, int]],
+                   tie: float) -> tuple[list[int], np.ndarray, np.ndarray]:
+    """+1 where A's segment mean beats B's by more than `tie`, −1 where B wins, 0 otherwise."""
+    ma = np.array([score_a[s:e].mean() for s, e in bounds])
+    mb = np.array([score_b[s:e].mean() for s, e in bounds])
+    d = ma - mb
+    return [int(v) for v in np.where(d > tie, 1, np.where(d < -tie, -1, 0))], ma, mb
+
+
+class DenseSegmentsConfig(StepConfig, frozen=True):
+    video_a_column: str = "video_chosen"
+    video_b_column: str = "video_rejected"
+    reference_column: str | None = None           # needed by psnr / ssim
+    caption_column: str | None = None             # needed by clip
+    segment_frames: int | None = Field(None, ge=1)
+    segment_seconds: float | None = Field(None, gt=0)
+    scorer: Literal["psnr", "ssim", "sharpness", "clip"] = "psnr"
+    tie_threshold: float | None = None            # in scorer units; default per scorer (see _TIE)
+    psnr_cap: float = 100.0
+    clip_model: str = "ViT-B-32"
+    clip_pretrained: str | None = None            # local checkpoint path for the clip scorer
+    max_frames: int | None = Field(None, ge=2)
+    threads: int = Field(2, ge=1)
+
+
+_TIE = {"psnr": 0.5, "ssim": 0.005, "sharpness": 0.05, "clip": 0.005}   # sharpness: relative (fraction)
+
+
+def build_dense_segments(frame: pl.LazyFrame, cfg: DenseSegmentsConfig, ctx: StepContext) -> Built:
+    df = frame.collect()
+    need = [cfg.video_a_column, cfg.video_b_column, "prompt"]
+    if cfg.scorer in ("psnr", "ssim"):
+        if not cfg.reference_column:
+            raise SchemaError(f"dense_segments: scorer {cfg.scorer!r} needs reference_column (the ground-truth clip)")
+        need.append(cfg.reference_column)
+    if cfg.scorer == "clip":
+        if not cfg.caption_column:
+            raise SchemaError("dense_segments: scorer 'clip' needs caption_column")
+        need.append(cfg.caption_column)
+    for c in need:
+        if c not in df.columns:
+            raise SchemaError(f"dense_segments: input has no column {c!r} (have {df.columns})", column=c)
+    if (cfg.segment_frames is None) == (cfg.segment_seconds is None):
+        raise SchemaError("dense_segments: set exactly one of segment_frames or segment_seconds")
+    store = MediaStore.for_context(ctx)
+    tie = _TIE[cfg.scorer] if cfg.tie_threshold is None else cfg.tie_threshold
+    clip = ClipScorer(cfg.clip_model, cfg.clip_pretrained) if cfg.scorer == "clip" else None
+    cols = {c: df.get_column(c).to_list() for c in need}
+
+    def load(col: str, i: int):
+        uri = cols[col][i]
+        if uri is None:
+            raise MediaError(f"row {i}", f"column {col!r} is null", row=i)
+        return read_video(store.resolve(uri), row=i, max_frames=cfg.max_frames)
+
+    def score(frames: np.ndarray, ref: np.ndarray | None, i: int) -> np.ndarray:
+        if cfg.scorer == "psnr":
+            return psnr_per_frame(frames, ref, cfg.psnr_cap)
+        if cfg.scorer == "ssim":
+            return ssim_per_frame(frames, ref)
+        if cfg.scorer == "sharpness":
+            return np.log(sharpness_per_frame(frames) + 1e-9)   # log: the tie threshold becomes relative
+        return clip(frames, cols[cfg.caption_column][i])
+
+    def job(i: int):
+        try:
+            a, fps = load(cfg.video_a_column, i)
+            b, _ = load(cfg.video_b_column, i)
+            ref = load(cfg.reference_column, i)[0] if cfg.reference_column else None
+        except MediaError as e:
+            return MediaDrop(i, "video", e.path, str(e))
+        shapes = {a.shape} | {b.shape} | ({ref.shape} if ref is not None else set())
+        if len(shapes) > 1:
+            return ("misaligned clips (frame count or size differ)", i, sorted(map(str, shapes)))
+        seg = cfg.segment_frames or max(1, round(cfg.segment_seconds * fps))
+        bounds = segment_bounds(a.shape[0], seg)
+        sa, sb = score(a, ref, i), score(b, ref, i)
+        labels, ma, mb = segment_labels(sa, sb, bounds, tie)
+        return {"row": i, "labels": labels, "bounds": bounds, "seg_a": ma.tolist(), "seg_b": mb.tolist(),
+                "score_a": float(sa.mean()), "score_b": float(sb.mean()), "fps": fps}
+
+    out, bad, drops, misaligned = [], [], {}, []
+    for res in _bounded_map(job, range(df.height), cfg.threads):
+        if isinstance(res, MediaDrop):
+            bad.append(res)
+            drops["unreadable media"] = drops.get("unreadable media", 0) + 1
+        elif isinstance(res, tuple):
+            drops[res[0]] = drops.get(res[0], 0) + 1
+            misaligned.append({"row": res[1], "shapes": res[2]})
+        else:
+            out.append(res)
+    keep_idx = [r["row"] for r in out]
+    base = df[keep_idx] if keep_idx else df.clear()
+    # chosen = the clip with the better overall score, so margin >= 0 and +1 means "chosen better"
+    swap = [r["score_a"] < r["score_b"] for r in out]
+    va, vb = base.get_column(cfg.video_a_column).to_list(), base.get_column(cfg.video_b_column).to_list()
+    vc = [b if s else a for a, b, s in zip(va, vb, swap)]
+    vr = [a if s else b for a, b, s in zip(va, vb, swap)]
+    sc = [max(r["score_a"], r["score_b"]) for r in out]
+    sr = [min(r["score_a"], r["score_b"]) for r in out]
+    labels = [[-v for v in r["labels"]] if s else r["labels"] for r, s in zip(out, swap)]
+    prompts = base.get_column("prompt").to_list()
+    carry = base.drop([c for c in base.columns if c in _OWN or c in (cfg.video_a_column, cfg.video_b_column)])
+    new = pl.DataFrame({
+        "prompt_id": [_sha(p) for p in prompts], "prompt": prompts,
+        "chosen": vc, "rejected": vr,
+        "chosen_id": [_sha(v) for v in vc], "rejected_id": [_sha(v) for v in vr],
+        "score_chosen": sc, "score_rejected": sr, "margin": [c - r for c, r in zip(sc, sr)],
+        "weight": [1.0] * len(out), "stage": pl.Series([0] * len(out), dtype=pl.Int32),
+        "strategy": [f"densedpo:{cfg.scorer}"] * len(out), "video_chosen": vc, "video_rejected": vr,
+        "segment_pref": pl.Series(labels, dtype=pl.List(pl.Int8)),
+        "segment_frames": pl.Series([[list(b) for b in r["bounds"]] for r in out], dtype=pl.List(pl.List(pl.Int32))),
+        "segment_score_chosen": [r["seg_b"] if s else r["seg_a"] for r, s in zip(out, swap)],
+        "segment_score_rejected": [r["seg_a"] if s else r["seg_b"] for r, s in zip(out, swap)],
+        "segment_scorer": [cfg.scorer] * len(out),
+    }, strict=False)
+    result = pl.concat([new, carry], how="horizontal") if carry.width else new
+    table = conform(result.to_arrow(), "pairs")
+    validate(table, "pairs")
+    flat = [v for lab in labels for v in lab]
+    counts = {"+1": flat.count(1), "-1": flat.count(-1), "0": flat.count(0)}
+    summary = (f"{len(out)} segment-labelled pairs · {len(flat)} segments "
+               f"(+1 {counts['+1']}, −1 {counts['-1']}, tie {counts['0']}) by {cfg.scorer}")
+    if bad:
+        summary += f" · {drop_summary(bad)}"
+    return Built(pl.from_arrow(table).lazy(), "pairs", drops=drops, rows_in=df.height, rows_kept=len(out),
+                 info={"segments": counts, "tie_threshold": tie, "unreadable": [d.as_dict() for d in bad],
+                       "misaligned": misaligned}, summary=summary)
+
+
+_OWN = {"prompt_id", "prompt", "chosen", "rejected", "chosen_id", "rejected_id", "score_chosen", "score_rejected",
+        "margin", "weight", "stage", "strategy", "video_chosen", "video_rejected", "segment_pref", "segment_frames",
+        "segment_score_chosen", "segment_score_rejected", "segment_scorer"}
