@@ -167,7 +167,7 @@ def _charts(st: dict, runs: list[dict]) -> list[tuple[str, str]]:
         for metric in ("loss", "reward_accuracy"):
             ys = [x.get(metric) for x in rows]
             if any(y is not None for y in ys):
-                pts = [(s, y) for s, y in zip(steps, ys) if y is not None]
+                pts = [(s, y) for s, y in zip(steps, ys, strict=True) if y is not None]
                 charts.append(("training", svg.lines({metric: ([p[0] for p in pts], [p[1] for p in pts])},
                                                      f"{metric}: {Path(str(r['run'])).name}", "step", metric)))
     return charts

@@ -105,7 +105,7 @@ def bars(labels: Sequence[object], values: Sequence[float], title: str, xlabel: 
     pw, ph = W - PAD_L - PAD_R, H - PAD_T - PAD_B
     bw = pw / len(values)
     out = []
-    for i, (lab, v) in enumerate(zip(labels, values)):
+    for i, (lab, v) in enumerate(zip(labels, values, strict=True)):
         h = ph * v / ymax
         x = PAD_L + i * bw
         out.append(f'<rect x="{x + bw * 0.1:.1f}" y="{H - PAD_B - h:.1f}" width="{bw * 0.8:.1f}" height="{h:.1f}" '
@@ -137,7 +137,7 @@ def lines(series: dict[str, tuple[Sequence[float], Sequence[float]]], title: str
     for i, (k, (x, y)) in enumerate(pts.items()):
         good = np.isfinite(y)
         p = " ".join(f"{PAD_L + (a - x0) / (x1 - x0) * pw:.1f},{H - PAD_B - (b - y0) / (y1 - y0) * ph:.1f}"
-                     for a, b in zip(x[good], y[good]))
+                     for a, b in zip(x[good], y[good], strict=True))
         out.append(f'<polyline points="{p}" fill="none" stroke="{PALETTE[i % len(PALETTE)]}" stroke-width="1.6">'
                    f"<title>{_esc(k)}</title></polyline>")
     ticks = []
