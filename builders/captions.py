@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 import polars as pl
@@ -163,6 +163,7 @@ def _rng(seed: int, *parts: str) -> np.random.Generator:
 
 
 class DcpoConfig(StepConfig, frozen=True):
+    output_kind: ClassVar[str] = "pairs"
     image_column: str = "image"                   # x^w (string URI)
     rejected_image_column: str | None = None      # x^l for pair data; None: caption-variant pairs on x^w
     caption_column: str = "caption"               # c^w: the prompt or a caption of x^w
@@ -276,8 +277,8 @@ def _table(rows: list[dict]) -> pa.Table:
         "prompt_id": pa.array([_sha(p) for p in col("prompt")], pa.string()),
         "prompt": pa.array(col("prompt"), pa.string()),
         "chosen": pa.array(col("chosen"), pa.string()), "rejected": pa.array(col("rejected"), pa.string()),
-        "chosen_id": pa.array([_sha(u + "\x00" + c) for u, c in zip(col("chosen"), col("caption"))], pa.string()),
-        "rejected_id": pa.array([_sha(u + "\x00" + c) for u, c in zip(col("rejected"), col("caption_rejected"))],
+        "chosen_id": pa.array([_sha(u + "\x00" + c) for u, c in zip(col("chosen"), col("caption"), strict=True)], pa.string()),
+        "rejected_id": pa.array([_sha(u + "\x00" + c) for u, c in zip(col("rejected"), col("caption_rejected"), strict=True)],
                                 pa.string()),
         "score_chosen": pa.nulls(n, pa.float64()), "score_rejected": pa.nulls(n, pa.float64()),
         "margin": pa.nulls(n, pa.float64()), "weight": pa.array([1.0] * n, pa.float64()),

@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from difflib import SequenceMatcher
 from threading import Lock
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 import polars as pl
@@ -41,6 +41,7 @@ RGB = tuple[int, int, int]
 
 
 class MiaDpoConfig(StepConfig, frozen=True):
+    output_kind: ClassVar[str] = "pairs"
     image_column: str = "image"            # string URI, or list<string> (the first image is the target)
     answer_column: str = "response"        # gold answer about the image
     question_column: str | None = "prompt"  # None: every row asks `question`
@@ -113,7 +114,7 @@ def compose_grid(images: list[Image.Image], rows: int, cols: int, cfg: MiaDpoCon
     canvas = Image.new("RGB", size, cfg.background)
     draw = ImageDraw.Draw(canvas)
     font = ImageFont.load_default()
-    for i, (img, box) in enumerate(zip(images, boxes)):
+    for i, (img, box) in enumerate(zip(images, boxes, strict=True)):
         fx0, fy0, fx1, fy1 = fit_box(img.size, box)
         canvas.paste(img.resize((fx1 - fx0, fy1 - fy0), Image.Resampling.BILINEAR), (fx0, fy0))
         if cfg.labels:
@@ -298,7 +299,7 @@ def build_mia_dpo(frame: pl.LazyFrame, cfg: MiaDpoConfig, ctx: StepContext) -> B
             unreadable[u] = str(e)
     drops: dict[str, int] = {}
     valid_rows = []
-    for i, (u, a) in enumerate(zip(uris, answers)):
+    for i, (u, a) in enumerate(zip(uris, answers, strict=True)):
         if u is None or a is None or not str(a).strip():
             drops["missing image or answer"] = drops.get("missing image or answer", 0) + 1
         elif u in unreadable:

@@ -27,6 +27,11 @@ STEPS: dict[str, StepSpec] = {
     "pairs": StepSpec("builders.pairs", "PairsConfig", "build_pairs", ("responses",)),
     "lists": StepSpec("builders.lists", "ListsConfig", "build_lists", ("responses",)),
     "curriculum": StepSpec("builders.curriculum", "CurriculumConfig", "build_curriculum", ("pairs",)),
+    "media": StepSpec("builders.media", "MediaConfig", "build_media", ("responses", "pairs", "lists")),
+    "mia_dpo": StepSpec("builders.images", "MiaDpoConfig", "build_mia_dpo", ("responses",)),
+    "dcpo": StepSpec("builders.captions", "DcpoConfig", "build_dcpo", ("responses", "pairs")),
+    "video_augment": StepSpec("builders.video", "VideoAugmentConfig", "build_video_augment", ("responses",)),
+    "dense_segments": StepSpec("builders.video", "DenseSegmentsConfig", "build_dense_segments", ("pairs",)),
 }
 
 

@@ -18,7 +18,7 @@ import hashlib
 import math
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 import polars as pl
@@ -183,6 +183,7 @@ def _bounded_map(fn, items, threads: int) -> Iterator:
 # ---------------------------------------------------------------- PaMi-VDPO step
 
 class VideoAugmentConfig(StepConfig, frozen=True):
+    output_kind: ClassVar[str] = "pairs"
     video_column: str = "video"
     prompt_column: str = "prompt"
     response_column: str = "response"       # the fixed response y shared by chosen and rejected
@@ -257,11 +258,11 @@ def build_video_augment(frame: pl.LazyFrame, cfg: VideoAugmentConfig, ctx: StepC
     prompt = [prompts[r["row"]] for r in rows]
     resp = [responses[r["row"]] for r in rows]
     table = conform(pa.table({
-        "prompt_id": pa.array([_sha(p + "\x00" + v) for p, v in zip(prompt, col("video_chosen"))], pa.string()),
+        "prompt_id": pa.array([_sha(p + "\x00" + v) for p, v in zip(prompt, col("video_chosen"), strict=True)], pa.string()),
         "prompt": pa.array(prompt, pa.string()), "chosen": pa.array(resp, pa.string()),
         "rejected": pa.array(resp, pa.string()),
-        "chosen_id": pa.array([_sha(v + "\x00" + y) for v, y in zip(col("video_chosen"), resp)], pa.string()),
-        "rejected_id": pa.array([_sha(v + "\x00" + y) for v, y in zip(col("video_rejected"), resp)], pa.string()),
+        "chosen_id": pa.array([_sha(v + "\x00" + y) for v, y in zip(col("video_chosen"), resp, strict=True)], pa.string()),
+        "rejected_id": pa.array([_sha(v + "\x00" + y) for v, y in zip(col("video_rejected"), resp, strict=True)], pa.string()),
         "score_chosen": pa.nulls(n, pa.float64()), "score_rejected": pa.nulls(n, pa.float64()),
         "margin": pa.nulls(n, pa.float64()), "weight": pa.array([1.0] * n, pa.float64()),
         "stage": pa.array(col("stage"), pa.int32()),
@@ -357,6 +358,7 @@ def segment_labels(score_a: np.ndarray, score_b: np.ndarray, bounds: list[tuple[
 
 
 class DenseSegmentsConfig(StepConfig, frozen=True):
+    output_kind: ClassVar[str] = "pairs"
     video_a_column: str = "video_chosen"
     video_b_column: str = "video_rejected"
     reference_column: str | None = None           # needed by psnr / ssim
@@ -443,24 +445,24 @@ def build_dense_segments(frame: pl.LazyFrame, cfg: DenseSegmentsConfig, ctx: Ste
     # chosen = the clip with the better overall score, so margin >= 0 and +1 means "chosen better"
     swap = [r["score_a"] < r["score_b"] for r in out]
     va, vb = base.get_column(cfg.video_a_column).to_list(), base.get_column(cfg.video_b_column).to_list()
-    vc = [b if s else a for a, b, s in zip(va, vb, swap)]
-    vr = [a if s else b for a, b, s in zip(va, vb, swap)]
+    vc = [b if s else a for a, b, s in zip(va, vb, swap, strict=True)]
+    vr = [a if s else b for a, b, s in zip(va, vb, swap, strict=True)]
     sc = [max(r["score_a"], r["score_b"]) for r in out]
     sr = [min(r["score_a"], r["score_b"]) for r in out]
-    labels = [[-v for v in r["labels"]] if s else r["labels"] for r, s in zip(out, swap)]
+    labels = [[-v for v in r["labels"]] if s else r["labels"] for r, s in zip(out, swap, strict=True)]
     prompts = base.get_column("prompt").to_list()
     carry = base.drop([c for c in base.columns if c in _OWN or c in (cfg.video_a_column, cfg.video_b_column)])
     new = pl.DataFrame({
         "prompt_id": [_sha(p) for p in prompts], "prompt": prompts,
         "chosen": vc, "rejected": vr,
         "chosen_id": [_sha(v) for v in vc], "rejected_id": [_sha(v) for v in vr],
-        "score_chosen": sc, "score_rejected": sr, "margin": [c - r for c, r in zip(sc, sr)],
+        "score_chosen": sc, "score_rejected": sr, "margin": [c - r for c, r in zip(sc, sr, strict=True)],
         "weight": [1.0] * len(out), "stage": pl.Series([0] * len(out), dtype=pl.Int32),
         "strategy": [f"densedpo:{cfg.scorer}"] * len(out), "video_chosen": vc, "video_rejected": vr,
         "segment_pref": pl.Series(labels, dtype=pl.List(pl.Int8)),
         "segment_frames": pl.Series([[list(b) for b in r["bounds"]] for r in out], dtype=pl.List(pl.List(pl.Int32))),
-        "segment_score_chosen": [r["seg_b"] if s else r["seg_a"] for r, s in zip(out, swap)],
-        "segment_score_rejected": [r["seg_a"] if s else r["seg_b"] for r, s in zip(out, swap)],
+        "segment_score_chosen": [r["seg_b"] if s else r["seg_a"] for r, s in zip(out, swap, strict=True)],
+        "segment_score_rejected": [r["seg_a"] if s else r["seg_b"] for r, s in zip(out, swap, strict=True)],
         "segment_scorer": [cfg.scorer] * len(out),
     }, strict=False)
     result = pl.concat([new, carry], how="horizontal") if carry.width else new
