@@ -1,0 +1,240 @@
+"""Build runner: a recipe + a catalog -> one new catalog version, with lineage.
+
+source (catalog dataset, or a file ingested and stored as `<name>-source`) -> steps in order -> the
+contract check and the row-accounting identity after every step -> one `cat.write`. Nothing is written
+until every step has succeeded, so a failed build leaves no version behind (the file source too is
+stored only once the build has succeeded, and only when its content differs from the latest stored
+version). Same recipe + same input versions => identical rows and content hash: steps are pure and
+every random choice is seeded from the recipe."""
+from __future__ import annotations
+
+import importlib
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pyarrow as pa
+
+import prefdata
+from builders.base import Built, StepContext
+from prefdata.errors import DatasetNotFound, RecipeError, SchemaError
+from prefdata.recipe import Recipe, RecipeStep, canonical_config, check_kind, load_recipe
+from prefdata.schema import conform, validate
+
+DEFAULT_RECIPE = Path(prefdata.__file__).resolve().parents[1] / "examples" / "recipes" / "default.yaml"
+ENGINES = ("local", "ray")
+
+
+class AccountingError(RuntimeError):
+    """A step's rows_in != rows_kept + sum(drops): a bug in the step, never a user error."""
+
+
+@dataclass
+class StepReport:
+    step: str
+    label: str
+    config: dict[str, Any]
+    kind: str
+    rows_in: int
+    rows_kept: int
+    drops: dict[str, int]
+    rows_out: int
+    info: dict[str, Any]
+    summary: str
+    seconds: float
+
+
+@dataclass
+class BuildResult:
+    name: str
+    version: int
+    content_hash: str
+    rows: int
+    kind: str
+    steps: list[StepReport]
+    inputs: list[str]
+    config_sha256: str
+    recipe: str
+    source_version_written: bool = False
+    lineage: dict[str, Any] = field(default_factory=dict)
+
+
+def table_kind(columns: list[str]) -> str:
+    if "chosen" in columns and "rejected" in columns:
+        return "pairs"
+    if "responses" in columns and "ranks" in columns:
+        return "lists"
+    return "responses"
+
+
+def _open(catalog):
+    if hasattr(catalog, "write") and hasattr(catalog, "read"):
+        return catalog
+    from catalog import Catalog
+    return Catalog.open(Path(catalog))
+
+
+@dataclass
+class _Source:
+    table: pa.Table
+    kind: str
+    name: str
+    version: int | None              # None: a file source whose new version is written after the build
+    line: str
+    lineage: dict[str, Any] = field(default_factory=dict)
+
+
+def _latest(cat, name: str) -> dict | None:
+    if name not in cat.names():
+        return None
+    versions = cat.versions(name)
+    return versions[-1] if versions else None
+
+
+def _load_source(recipe: Recipe, cat) -> _Source:
+    from catalog import parse_ref
+
+    src = recipe.source
+    if src.dataset is not None:
+        name, ref = parse_ref(src.dataset)
+        if name not in cat.names():
+            raise DatasetNotFound(name)
+        table = cat.read(name, ref)          # VersionNotFound for a bad version or tag
+        versions = cat.versions(name)
+        if ref is None:
+            version = versions[-1]["version"]
+        elif isinstance(ref, int):
+            version = ref
+        else:                                # a tag: lineage records the version it pointed to
+            version = next(v["version"] for v in versions if ref in (v.get("tags") or []))
+        return _Source(table, table_kind(table.column_names), name, version,
+                       f"{name}@{version} ({table.num_rows:,} rows)")
+
+    from catalog.hashing import content_hash
+    from prefdata.ingest import read_source
+
+    path = recipe.source_path
+    res = read_source(path, format=src.format, mapping=src.mapping)
+    name = f"{recipe.name}-source"
+    latest = _latest(cat, name)
+    same = latest is not None and latest.get("content_hash") == content_hash(res.table)
+    dropped = sum(res.drops.values())
+    prompts = pa.compute.count_distinct(res.table.column("prompt_id")).as_py() if res.table.num_rows else 0
+    line = f"{res.format} {path.name} ({prompts:,} prompts) → {res.table.num_rows:,} {res.kind} rows"
+    if dropped:
+        line += f" · dropped {dropped:,} ({', '.join(res.drops)})"
+    lineage = {"builder": "ingest", "format": res.format, "source": str(path), "config":
+               {"format": res.format, "mapping": src.mapping or {}}, "rows_in": res.rows_in,
+               "rows_kept": res.rows_in - dropped, "rows_dropped": dict(res.drops), "info": res.info}
+    return _Source(res.table, res.kind, name, latest["version"] if same else None, line, lineage)
+
+
+def _step_runner(engine: str):
+    if engine not in ENGINES:
+        raise RecipeError(f"unknown engine {engine!r}; known engines: {', '.join(ENGINES)}")
+    if engine == "local":
+        return lambda step, frame, ctx: step.fn(frame, step.config, ctx)
+    try:   # the Ray engine (prefdata/engine_ray.py) runs the same step function on Ray Data
+        mod = importlib.import_module("prefdata.engine_ray")
+        run_step = mod.run_step
+    except (ImportError, AttributeError):
+        raise RecipeError("engine 'ray' not available") from None
+    return lambda step, frame, ctx: run_step(step.name, step.fn, frame, step.config, ctx)
+
+
+def _label(step: RecipeStep) -> str:
+    label = getattr(step.config, "label", None)
+    if callable(label):
+        return label()
+    items = step.config.model_dump(mode="json", exclude_defaults=True)
+    return ", ".join(f"{k} {v}" for k, v in items.items()) or "defaults"
+
+
+def run_step(step: RecipeStep, frame: pl.LazyFrame, kind: str, ctx: StepContext, runner, *,
+             file: str) -> tuple[pa.Table, StepReport]:
+    """Run one step, check its output contract and its row accounting; return the output as Arrow."""
+    check_kind(step, kind, file)
+    t0 = time.perf_counter()
+    built: Built = runner(step, frame, ctx)
+    df = built.frame.collect() if isinstance(built.frame, pl.LazyFrame) else built.frame
+    rows_in = built.rows_in if built.rows_in is not None else frame.select(pl.len()).collect().item()
+    dropped = sum(built.drops.values())
+    rows_kept = built.rows_kept if built.rows_kept is not None else rows_in - dropped
+    if rows_in != rows_kept + dropped:
+        raise AccountingError(f"{step.yaml_path}: rows_in {rows_in} != rows_kept {rows_kept} + dropped {dropped} "
+                              f"{built.drops}")
+    try:
+        table = validate(conform(df.to_arrow(), built.kind), built.kind)
+    except SchemaError as e:
+        raise SchemaError(f"{step.yaml_path} output: {e}", column=e.column, expected=e.expected) from None
+    report = StepReport(step.name, _label(step), step.config.model_dump(mode="json"), built.kind, rows_in,
+                        rows_kept, dict(built.drops), table.num_rows, built.info, built.summary,
+                        round(time.perf_counter() - t0, 3))
+    return table, report
+
+
+def _totals(source_rows: int, source_kind: str, reports: list[StepReport]) -> tuple[int, dict[str, int]]:
+    """Rows kept and dropped counted at the source's granularity, through the steps that keep it (a
+    responses -> pairs step still counts responses); later steps' accounting is in steps[]."""
+    drops: dict[str, int] = {}
+    kind = source_kind
+    for r in reports:
+        if kind != source_kind:
+            break
+        for reason, n in r.drops.items():
+            drops[f"{r.step}: {reason}"] = drops.get(f"{r.step}: {reason}", 0) + n
+        kind = r.kind
+    return source_rows - sum(drops.values()), drops
+
+
+def run_recipe(recipe_path: Path | str | None, catalog, *, engine: str = "local", progress: bool = True,
+               console=None) -> BuildResult:
+    """Build `recipe_path` (None: the bundled default recipe) into `catalog` (a Catalog or its path)."""
+    from rich.console import Console
+
+    console = console or Console(stderr=False, quiet=not progress)
+    recipe_path = Path(recipe_path) if recipe_path is not None else DEFAULT_RECIPE
+    recipe = load_recipe(recipe_path)
+    file = str(recipe_path)
+    runner = _step_runner(engine)
+    cat = _open(catalog)
+    config_json, config_sha = canonical_config(recipe)
+    shown = lambda a, b: console.print(f"  {a:<11} {b}", highlight=False)   # noqa: E731
+
+    with console.status(f"reading source of {recipe.name}", spinner="dots") if progress else nullcontext():
+        source = _load_source(recipe, cat)
+    shown("source", source.line)
+    ctx = StepContext(base_dir=recipe.base_dir or Path.cwd(), work_dir=None, catalog=cat, seed=recipe.seed,
+                      progress=progress)
+    table, kind, reports = source.table, source.kind, []
+    for step in recipe.steps:
+        with console.status(f"{step.name}: {_label(step)}", spinner="dots") if progress else nullcontext():
+            table, report = run_step(step, pl.from_arrow(table).lazy(), kind, ctx, runner, file=file)
+        kind = report.kind
+        reports.append(report)
+        shown(step.name, f"{report.label} · {report.summary or f'{report.rows_out:,} rows'}"
+                         f"  [dim]({report.seconds:.2f}s)[/]")
+
+    written_source = source.version is None
+    if written_source:    # a new (or changed) file source: store it now that the build has succeeded
+        source.version = cat.write(source.name, source.table, message=f"ingest {recipe.source.path}",
+                                   lineage=source.lineage)
+    rows_kept, drops = _totals(source.table.num_rows, source.kind, reports)
+    inputs = [f"{source.name}@{source.version}"]
+    message = f"build {recipe.name} from {inputs[0]} with {file}"
+    lineage = {"builder": "recipe", "recipe": file, "name": recipe.name, "config": config_json,
+               "config_sha256": config_sha, "inputs": inputs, "engine": engine,
+               "steps": [{"step": r.step, "config": r.config, "rows_in": r.rows_in, "rows_kept": r.rows_kept,
+                          "drops": r.drops, "rows_out": r.rows_out, "info": r.info} for r in reports],
+               "rows_in": source.table.num_rows, "rows_kept": rows_kept, "rows_dropped": drops, "drops": drops,
+               "rows_out": table.num_rows}
+    version = cat.write(recipe.name, table, message=message, lineage=lineage)
+    rec = cat.lineage(recipe.name, version)
+    chash = rec.get("content_hash", "")
+    console.print(f"  wrote [bold]{recipe.name}@{version}[/]  ({table.num_rows:,} {kind} rows, content "
+                  f"{chash[:8]}…, recipe {file}, config {config_sha[:8]}…)", highlight=False)
+    return BuildResult(recipe.name, version, chash, table.num_rows, kind, reports, inputs, config_sha, file,
+                       written_source, rec)

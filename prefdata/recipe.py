@@ -1,0 +1,222 @@
+"""Build recipes: YAML -> validated pydantic models, resolved through builders.registry.STEPS.
+
+```yaml
+name: arena-curry                      # output dataset name
+description: optional free text
+seed: 0                                # seeds every random choice (steps may override with their own seed)
+source: {dataset: NAME[@V]}            # or {path: FILE, format: F, mapping: {canonical: source_column}}
+steps:
+  - rank: {by: score, aggregate: mean}
+  - pairs: {strategy: all_pairs, min_margin: 1}
+  - curriculum: {stages: 3, by: margin}
+```
+Every problem is a RecipeError naming the recipe file and the YAML path
+(`x.yaml: steps[1].pairs.min_margin: Input should be a valid number`), raised while parsing, before any
+data is read: unknown keys and steps, wrong types, and a step that cannot take the table kind the
+previous step produces (e.g. curriculum on responses). A source path is relative to the recipe file."""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from builders.base import StepConfig
+from builders.registry import STEPS, StepSpec
+from prefdata.errors import RecipeError
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+TOP_KEYS = ("name", "description", "seed", "source", "steps")
+# the table kind a file source yields, where the format alone decides it (others: decided by mapping/content)
+FORMAT_KIND = {"arena": "responses", "ultrafeedback": "responses", "nectar": "responses", "helpsteer2": "responses",
+               "hh-rlhf": "pairs", "pick-a-pic": "pairs"}
+PAIR_COLUMNS = {"chosen", "rejected"}
+
+
+class SourceSpec(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    dataset: str | None = None
+    path: str | None = None
+    format: str | None = None
+    mapping: dict[str, str] | None = None
+
+
+@dataclass(frozen=True)
+class RecipeStep:
+    name: str
+    config: StepConfig
+    spec: StepSpec
+    fn: Any                                  # the step function, resolved once at parse time
+    yaml_path: str                           # steps[i].name, for errors raised at run time
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    source: SourceSpec
+    steps: tuple[RecipeStep, ...]
+    seed: int = 0
+    description: str | None = None
+    file: Path | None = None                 # the YAML file (None when parsed from a dict)
+    base_dir: Path | None = None             # where a relative source path resolves (the file's folder)
+    source_kind: str | None = None           # known at parse time for file sources of fixed format
+    kinds: tuple[str | None, ...] = field(default=())   # output kind after each step (None: decided at run time)
+
+    @property
+    def source_path(self) -> Path | None:
+        """Absolute path of a file source (relative paths resolve against the recipe's folder)."""
+        if self.source.path is None:
+            return None
+        p = Path(self.source.path).expanduser()
+        return p if p.is_absolute() else ((self.base_dir or Path.cwd()) / p).resolve()
+
+
+def _loc(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _pydantic_error(e: ValidationError, prefix: str, file: str) -> RecipeError:
+    """First error as `path: message`, further ones appended as `; path: message`."""
+    found = []
+    for err in e.errors():
+        where = _loc(err["loc"])
+        msg = "unknown field" if err["type"] == "extra_forbidden" else err["msg"]
+        found.append((f"{prefix}.{where}" if where else prefix, msg))
+    (path, msg), rest = found[0], found[1:]
+    return RecipeError(msg + "".join(f"; {p}: {m}" for p, m in rest), path=path, file=file)
+
+
+def _source_kind(src: SourceSpec) -> str | None:
+    if src.format in FORMAT_KIND:
+        return FORMAT_KIND[src.format]
+    if src.mapping is not None:
+        return "pairs" if PAIR_COLUMNS <= set(src.mapping) else "responses"
+    return None
+
+
+def output_kind(config: StepConfig, in_kind: str | None) -> str | None:
+    """The kind a step produces: its config's `output_kind` ClassVar, else the kind it was given."""
+    declared = getattr(type(config), "output_kind", None)
+    return declared if declared is not None else in_kind
+
+
+def check_kind(step: RecipeStep, kind: str | None, file: str) -> None:
+    if kind is not None and kind not in step.spec.inputs:
+        raise RecipeError(f"step {step.name!r} takes {' or '.join(step.spec.inputs)}, but its input is {kind}",
+                          path=step.yaml_path, file=file)
+
+
+def parse_recipe(data: Any, *, file: str | Path | None = None, base_dir: Path | None = None) -> Recipe:
+    """Validate a recipe already loaded from YAML. `file` names it in errors; a relative source path
+    resolves against `base_dir` (default: the file's folder, else the working directory)."""
+    fname = str(file) if file is not None else "<recipe>"
+    if base_dir is None and file is not None:
+        base_dir = Path(file).resolve().parent
+    if not isinstance(data, dict):
+        raise RecipeError("a recipe is a mapping with keys name, source, steps", file=fname)
+    for key in data:
+        if key not in TOP_KEYS:
+            raise RecipeError(f"unknown key (expected one of {', '.join(TOP_KEYS)})", path=str(key), file=fname)
+    for key in ("name", "source", "steps"):
+        if key not in data:
+            raise RecipeError("missing (required)", path=key, file=fname)
+    name = data["name"]
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise RecipeError(f"{name!r} is not a valid dataset name (letters, digits, '.', '_', '-')",
+                          path="name", file=fname)
+    seed = data.get("seed", 0)
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise RecipeError(f"seed must be an integer, got {seed!r}", path="seed", file=fname)
+    desc = data.get("description")
+    if desc is not None and not isinstance(desc, str):
+        raise RecipeError("description must be text", path="description", file=fname)
+
+    try:
+        source = SourceSpec.model_validate(data["source"])
+    except ValidationError as e:
+        raise _pydantic_error(e, "source", fname) from None
+    if (source.dataset is None) == (source.path is None):
+        raise RecipeError("give exactly one of dataset: NAME[@V] or path: FILE", path="source", file=fname)
+    if source.dataset is not None and (source.format or source.mapping):
+        raise RecipeError("format/mapping only apply to a path source", path="source", file=fname)
+
+    steps_raw = data["steps"]
+    if not isinstance(steps_raw, list) or not steps_raw:
+        raise RecipeError("steps must be a non-empty list of {step_name: {config}}", path="steps", file=fname)
+    steps = []
+    for i, entry in enumerate(steps_raw):
+        where = f"steps[{i}]"
+        if isinstance(entry, str):          # `- dedup` with no config
+            entry = {entry: {}}
+        if not isinstance(entry, dict) or len(entry) != 1:
+            raise RecipeError("each step is a single-key mapping {step_name: {config}}", path=where, file=fname)
+        (step_name, raw_cfg), = entry.items()
+        if step_name not in STEPS:
+            raise RecipeError(f"unknown step {step_name!r}; known steps: {', '.join(sorted(STEPS))}",
+                              path=f"{where}.{step_name}", file=fname)
+        spec = STEPS[step_name]
+        try:
+            cfg_cls, fn = spec.load()
+        except ImportError as e:
+            raise RecipeError(f"step {step_name!r} is not available here: {e}", path=f"{where}.{step_name}",
+                              file=fname) from None
+        if raw_cfg is None:
+            raw_cfg = {}
+        if not isinstance(raw_cfg, dict):
+            raise RecipeError(f"config must be a mapping, got {type(raw_cfg).__name__}",
+                              path=f"{where}.{step_name}", file=fname)
+        try:
+            cfg = cfg_cls.model_validate(raw_cfg)
+        except ValidationError as e:
+            raise _pydantic_error(e, f"{where}.{step_name}", fname) from None
+        steps.append(RecipeStep(step_name, cfg, spec, fn, f"{where}.{step_name}"))
+
+    kind = _source_kind(source)
+    kinds = []
+    for step in steps:
+        check_kind(step, kind, fname)
+        kind = output_kind(step.config, kind)
+        kinds.append(kind)
+    recipe = Recipe(name=name, source=source, steps=tuple(steps), seed=seed, description=desc,
+                    file=Path(file) if file is not None else None, base_dir=base_dir,
+                    source_kind=_source_kind(source), kinds=tuple(kinds))
+    if recipe.source_path is not None and not recipe.source_path.is_file():
+        raise RecipeError(f"source file not found: {recipe.source_path}", path="source.path", file=fname)
+    return recipe
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    path = Path(path)
+    fname = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise RecipeError("recipe file not found", file=fname) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise RecipeError(f"cannot read recipe: {e}", file=fname) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise RecipeError(f"invalid YAML: {where}{getattr(e, 'problem', None) or e}", file=fname) from None
+    return parse_recipe(data, file=path)
+
+
+def canonical_config(recipe: Recipe) -> tuple[str, str]:
+    """(canonical JSON, sha256) of what determines the output: name, source as written, seed and every
+    step's full config (defaults included, so `pairs: {}` and `pairs: {strategy: all_pairs}` hash alike)."""
+    doc = {"name": recipe.name, "seed": recipe.seed,
+           "source": recipe.source.model_dump(mode="json", exclude_none=True),
+           "steps": [{s.name: s.config.model_dump(mode="json")} for s in recipe.steps]}
+    # same canonical form as catalog.hashing.canonical_json (sorted keys, no spaces, UTF-8 kept)
+    text = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return text, hashlib.sha256(text.encode("utf-8")).hexdigest()
