@@ -1,0 +1,144 @@
+"""Response log-probs without full-vocabulary logits for the whole batch.
+
+The model body runs to hidden states; only the positions that predict a response token are kept, and the LM
+head + log-softmax + gather run over those positions in chunks inside one autograd Function whose backward
+recomputes each chunk's logits. So at most one chunk of `[chunk, vocab]` fp32 logits exists at any time, in the
+forward and in the backward, and prompt/padding positions never reach the head at all.
+
+`SequenceLogps` is an nn.Module around the causal LM so accelerate/DDP/FSDP wrap one forward; it consumes a
+`Packed` batch (see packing.py: prompt once, responses after it) and returns per-response sums and counts.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from prefdata.errors import RecipeError
+
+
+class _ChunkedTokenLogps(torch.autograd.Function):
+    """log_softmax(h @ W.T + b)[target] for N selected positions, `chunk` positions at a time."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, chunk: int, compute_dtype):
+        out_dtype = torch.promote_types(hidden.dtype, torch.float32)
+        w = weight.to(compute_dtype)
+        b = None if bias is None else bias.to(compute_dtype)
+        out = torch.empty(hidden.shape[0], dtype=out_dtype, device=hidden.device)
+        for s in range(0, hidden.shape[0], chunk):
+            logits = nn.functional.linear(hidden[s:s + chunk].to(compute_dtype), w, b).to(out_dtype)
+            t = targets[s:s + chunk, None]
+            out[s:s + chunk] = (logits.gather(1, t) - torch.logsumexp(logits, dim=-1, keepdim=True)).squeeze(1)
+        ctx.save_for_backward(hidden, weight, bias, targets)
+        ctx.chunk, ctx.compute_dtype = chunk, compute_dtype
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        hidden, weight, bias, targets = ctx.saved_tensors
+        chunk, cdt = ctx.chunk, ctx.compute_dtype
+        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        need_b = bias is not None and ctx.needs_input_grad[2]
+        w = weight.to(cdt)
+        b = None if bias is None else bias.to(cdt)
+        acc = torch.promote_types(weight.dtype, torch.float32)  # weight grads accumulate in >= fp32
+        gh = torch.empty_like(hidden) if need_h else None
+        gw = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_w else None
+        gb = torch.zeros(bias.shape, dtype=acc, device=bias.device) if need_b else None
+        for s in range(0, hidden.shape[0], chunk):
+            h = hidden[s:s + chunk].to(cdt)
+            logits = nn.functional.linear(h, w, b).to(grad_out.dtype)
+            g = grad_out[s:s + chunk, None]
+            # d/dlogits of (logit[t] - logsumexp) = onehot(t) - softmax
+            dlogits = -g * torch.softmax(logits, dim=-1)
+            dlogits.scatter_add_(1, targets[s:s + chunk, None], g)
+            dl = dlogits.to(cdt)
+            if need_h:
+                gh[s:s + chunk] = (dl @ w).to(hidden.dtype)
+            if need_w:
+                gw += (dl.t() @ h).to(acc)
+            if need_b:
+                gb += dlogits.sum(0).to(acc)
+        return (gh, None if gw is None else gw.to(weight.dtype), None if gb is None else gb.to(bias.dtype),
+                None, None, None)
+
+
+def chunked_token_logps(hidden: torch.Tensor, lm_head: nn.Linear, targets: torch.Tensor, *, chunk: int = 1024,
+                        compute_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """[N, H] hidden states of the predicting positions, [N] next tokens -> [N] log-probs (>= fp32)."""
+    cdt = compute_dtype or lm_head.weight.dtype
+    return _ChunkedTokenLogps.apply(hidden, lm_head.weight, lm_head.bias, targets, max(1, int(chunk)), cdt)
+
+
+def auto_chunk(vocab_size: int, budget_bytes: int = 256 * 2**20) -> int:
+    """Positions per chunk so that ~3 fp32 [chunk, vocab] buffers stay within the budget."""
+    return max(16, budget_bytes // (12 * vocab_size))
+
+
+@dataclass
+class Packed:
+    """A batch of groups laid out for one forward (built by packing.pack_groups)."""
+    input_ids: torch.Tensor      # [G, L]
+    position_ids: torch.Tensor   # [G, L]
+    attn: torch.Tensor           # [G, 1, L, L] bool, True = may attend
+    src_row: torch.Tensor        # [N] row of the hidden state that predicts each response token
+    src_col: torch.Tensor        # [N] column of that hidden state
+    targets: torch.Tensor        # [N] the response token ids
+    seq: torch.Tensor            # [N] response index in 0..S-1 (groups in order, responses in order)
+    tok_pos: torch.Tensor        # [N] position of the token inside its response
+    n_seqs: int
+    max_resp: int
+    n_tokens: int                # real (non-pad) tokens in the batch
+
+    def to(self, device) -> Packed:
+        kw = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in self.__dict__.items()}
+        return Packed(**kw)
+
+
+@dataclass
+class SeqOut:
+    sums: torch.Tensor           # [S] summed response log-probs
+    counts: torch.Tensor         # [S] response token counts
+    tokens: torch.Tensor | None  # [S, T] per-token log-probs (0 where masked), when asked for
+    tok_mask: torch.Tensor | None
+
+
+def check_supported(config) -> None:
+    """The chunked head computes plain logits; refuse configs whose head does more than a linear map."""
+    cfg = config.get_text_config() if hasattr(config, "get_text_config") else config
+    for key in ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier"):
+        v = getattr(cfg, key, None)
+        if v not in (None, 1, 1.0):
+            raise RecipeError(f"model config sets {key}={v}; the chunked log-prob head supports plain linear heads only",
+                              path="model")
+
+
+class SequenceLogps(nn.Module):
+    """Wraps a causal LM: Packed batch -> per-response summed log-probs (and per-token values on request)."""
+
+    def __init__(self, lm: nn.Module, *, chunk: int | None = None, compute_dtype: torch.dtype | None = None):
+        super().__init__()
+        check_supported(lm.config)
+        self.lm = lm
+        self.chunk = chunk or auto_chunk(lm.get_output_embeddings().weight.shape[0])
+        self.compute_dtype = compute_dtype
+
+    def forward(self, b: Packed, with_tokens: bool = False) -> SeqOut:
+        body = self.lm.get_decoder()
+        hidden = body(input_ids=b.input_ids, attention_mask=b.attn, position_ids=b.position_ids,
+                      use_cache=False).last_hidden_state
+        head = self.lm.get_output_embeddings()
+        # index_select (backward = index_add) handles the prompt position shared by every response's first token
+        sel = hidden.flatten(0, 1).index_select(0, b.src_row * hidden.shape[1] + b.src_col)
+        tok = chunked_token_logps(sel, head, b.targets, chunk=self.chunk, compute_dtype=self.compute_dtype)
+        sums = torch.zeros(b.n_seqs, dtype=tok.dtype, device=tok.device).index_add(0, b.seq, tok)
+        counts = torch.bincount(b.seq, minlength=b.n_seqs)
+        tokens = mask = None
+        if with_tokens:
+            tokens = torch.zeros(b.n_seqs, b.max_resp, dtype=tok.dtype, device=tok.device)
+            tokens = tokens.index_put((b.seq, b.tok_pos), tok)
+            mask = torch.zeros(b.n_seqs, b.max_resp, dtype=torch.bool, device=tok.device)
+            mask[b.seq, b.tok_pos] = True
+        return SeqOut(sums=sums, counts=counts, tokens=tokens, tok_mask=mask)
