@@ -1,0 +1,118 @@
+"""One write = one new Lance version, committed atomically together with its lineage.
+
+Sequence, under the dataset's writer lock (see locking.py):
+  1. read the base (latest) version; refuse `create` if it exists; for `append`, check the schema
+  2. hash the content of the version-to-be (append: re-hash only the base's last partial block + new rows)
+  3. write the new data files (never touching existing ones), then commit a Lance transaction whose
+     read_version is the base and whose properties carry the lineage and block digests
+If Lance reports a conflict (a writer outside this catalog committed meanwhile) the attempt is redone
+from step 1; after `max_retries` attempts CommitConflict is raised. A process killed at any point leaves
+either the old latest version or the new one, each with its own lineage; data files written by a killed
+attempt are unreferenced and invisible."""
+from __future__ import annotations
+
+import time
+import warnings
+from typing import TYPE_CHECKING, Any, Literal
+
+import lance
+import pyarrow as pa
+from lance import LanceDataset, Transaction
+from lance.commit import CommitConflictError
+
+from catalog import hashing, lineage
+from catalog.errors import DatasetExists
+from prefdata.errors import CommitConflict, SchemaError
+
+if TYPE_CHECKING:
+    from catalog.core import Catalog
+
+Mode = Literal["create", "append", "overwrite"]
+MODES = ("create", "append", "overwrite")
+
+
+def conform_append(base: pa.Schema, table: pa.Table, name: str) -> pa.Table:
+    """Same columns and types as the base version (column order may differ), or SchemaError."""
+    have, want = set(table.column_names), set(base.names)
+    missing = [c for c in base.names if c not in have]
+    if missing:
+        f = base.field(missing[0])
+        raise SchemaError(f"append to {name!r}: column {f.name!r} is missing", column=f.name,
+                          expected=hashing.type_string(f.type))
+    extra = [c for c in table.column_names if c not in want]
+    if extra:
+        raise SchemaError(f"append to {name!r}: column {extra[0]!r} is not in the dataset's schema "
+                          f"(use mode='overwrite' to change the schema)", column=extra[0])
+    for f in base:
+        got = table.schema.field(f.name).type
+        if hashing.type_string(got) != hashing.type_string(f.type):
+            raise SchemaError(f"append to {name!r}: column {f.name!r} has type {got}, expected {f.type}",
+                              column=f.name, expected=str(f.type))
+    table = table.select(base.names)
+    try:
+        return table.cast(base)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+        raise SchemaError(f"append to {name!r}: cannot cast to the dataset's schema: {e}") from None
+
+
+def _base_blocks(base: LanceDataset, full_blocks: int) -> list[bytes]:
+    stored = lineage.blocks_from_properties(_properties(base, base.version))
+    if stored is not None and len(stored) >= full_blocks:
+        return stored[:full_blocks]
+    # a version written outside the catalog: hash it once from its data
+    head = base.to_table(limit=full_blocks * hashing.BLOCK_ROWS) if full_blocks else None
+    return hashing.block_digests(head) if head is not None else []
+
+
+def _properties(ds: LanceDataset, version: int) -> dict[str, str] | None:
+    tx = ds.read_transaction(version)
+    return tx.transaction_properties if tx is not None else None
+
+
+def _content(base: LanceDataset | None, table: pa.Table, mode: str) -> tuple[str, list[bytes], int]:
+    """(content hash, full-block digests, total rows) of the version this write will create."""
+    if mode != "append" or base is None:
+        digests = hashing.block_digests(table)
+        return hashing.combine(table.schema, table.num_rows, digests), digests, table.num_rows
+    base_rows = base.count_rows()
+    full = base_rows // hashing.BLOCK_ROWS
+    start = full * hashing.BLOCK_ROWS
+    tail = base.to_table(offset=start, limit=base_rows - start) if base_rows > start else table.slice(0, 0)
+    rest = pa.concat_tables([tail.cast(table.schema), table])
+    digests = _base_blocks(base, full) + hashing.block_digests(rest, start_row=start)
+    rows = base_rows + table.num_rows
+    return hashing.combine(table.schema, rows, digests), digests, rows
+
+
+def write_version(cat: Catalog, name: str, table: pa.Table, *, message: str, user_lineage: dict[str, Any] | None,
+                  mode: Mode, lock_timeout_s: float, max_retries: int) -> int:
+    prepared = lineage.prepare(user_lineage, resolve_input=cat.pin_input)
+    uri = cat.uri(name)
+    with cat.writer_lock(name, lock_timeout_s):
+        for attempt in range(max_retries):
+            base = cat.open_latest(name)
+            base_version = base.version if base is not None else 0
+            if mode == "create" and base is not None:
+                raise DatasetExists(name, base_version)
+            data = conform_append(base.schema, table, name) if (mode == "append" and base is not None) else table
+            digest, blocks, rows = _content(base, data, mode)
+            op_mode = "append" if (mode == "append" and base is not None) else \
+                ("overwrite" if base is not None else "create")
+            written = lance.fragment.write_fragments(data, uri, mode=op_mode, return_transaction=True)
+            rec = lineage.finish(prepared, message=message, mode=op_mode, base_version=base_version, rows=rows,
+                                 rows_written=data.num_rows, content_hash=digest)
+            n_full = rows // hashing.BLOCK_ROWS
+            props = lineage.to_properties(rec, [b.hex() for b in blocks[:n_full]])
+            tx = Transaction(read_version=base_version, operation=written.operation, transaction_properties=props)
+            try:
+                ds = LanceDataset.commit(uri, tx, max_retries=max_retries)
+            except CommitConflictError:
+                time.sleep(min(0.01 * 2 ** attempt, 0.5))
+                continue
+            if ds.version != base_version + 1 and op_mode == "append":
+                # Lance rebased our append over a commit made outside this catalog (no lock): the stored
+                # content hash describes base+our rows, not the committed table. Say so; verify() checks.
+                warnings.warn(f"{name}@{ds.version}: another writer bypassed the catalog lock; its content hash "
+                              f"may be stale (run Catalog.verify)", RuntimeWarning, stacklevel=3)
+            return ds.version
+    raise CommitConflict(name, f"commit conflict persisted after {max_retries} attempts; retries exhausted")
