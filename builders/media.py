@@ -154,7 +154,9 @@ def encode_video(frames: np.ndarray, fps: float, *, codec: Literal["libx264", "f
     t, h, w, _ = frames.shape
     ext = ".mkv" if codec == "ffv1" else ".mp4"
     buf = io.BytesIO()
-    with av.open(buf, mode="w", format="matroska" if codec == "ffv1" else "mp4") as c:
+    # bitexact: no muxer timestamps/UIDs, so the same frames give the same bytes (and the same content hash)
+    with av.open(buf, mode="w", format="matroska" if codec == "ffv1" else "mp4",
+                 options={"fflags": "+bitexact"}) as c:
         s = c.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
         # yuv420p needs even sizes; crop one pixel rather than resample so pixels stay aligned
         h2, w2 = (h, w) if codec == "ffv1" else (h - h % 2, w - w % 2)
