@@ -18,9 +18,9 @@ def detect_format(records: list[Record], *, source: str = "input") -> str:
     candidates = [f for f in candidates if f.name not in refined]
     keys = sorted(records[0])
     if not candidates:
-        known = ", ".join(f"{f.name} ({f.summary})" for f in FORMATS.values() if f.matches is not None)
-        raise FormatError(f"{source}: unknown format (first record has keys {keys}); known formats: {known}; "
-                          "or pass --format jsonl|parquet|hf with --map canonical=source")
+        known = ", ".join(f.name for f in FORMATS.values() if f.matches is not None)
+        raise FormatError(f"{source}: unknown format (first record has keys {keys}); known formats: {known} "
+                          "(see docs/ingest.md), or --format jsonl|parquet|hf with --map canonical=source")
     if len(candidates) > 1:
         names = ", ".join(f.name for f in candidates)
         raise FormatError(f"{source}: ambiguous format, records match {names} (keys {keys}); "
