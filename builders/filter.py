@@ -79,7 +79,7 @@ class FilterConfig(StepConfig):
         return self
 
     def label(self) -> str:
-        parts = ["empty"] if self.drop_empty else []
+        parts = ["drop empty"] if self.drop_empty else []
         for name in ("min_chars", "max_chars", "min_tokens", "max_tokens", "max_prompt_chars", "max_prompt_tokens"):
             if getattr(self, name) is not None:
                 parts.append(f"{name} {getattr(self, name)}")

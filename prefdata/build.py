@@ -17,6 +17,7 @@ from typing import Any
 
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 
 import prefdata
 from builders.base import Built, StepContext
@@ -58,6 +59,7 @@ class BuildResult:
     inputs: list[str]
     config_sha256: str
     recipe: str
+    written: bool = True                     # False: the latest version already holds this exact build
     source_version_written: bool = False
     lineage: dict[str, Any] = field(default_factory=dict)
 
@@ -122,7 +124,7 @@ def _load_source(recipe: Recipe, cat) -> _Source:
     latest = _latest(cat, name)
     same = latest is not None and latest.get("content_hash") == content_hash(res.table)
     dropped = sum(res.drops.values())
-    prompts = pa.compute.count_distinct(res.table.column("prompt_id")).as_py() if res.table.num_rows else 0
+    prompts = pc.count_distinct(res.table.column("prompt_id")).as_py() if res.table.num_rows else 0
     line = f"{res.format} {path.name} ({prompts:,} prompts) → {res.table.num_rows:,} {res.kind} rows"
     if dropped:
         line += f" · dropped {dropped:,} ({', '.join(res.drops)})"
@@ -198,11 +200,11 @@ def run_recipe(recipe_path: Path | str | None, catalog, *, engine: str = "local"
     console = console or Console(stderr=False, quiet=not progress)
     recipe_path = Path(recipe_path) if recipe_path is not None else DEFAULT_RECIPE
     recipe = load_recipe(recipe_path)
-    file = str(recipe_path)
+    file = _shown_path(recipe_path)
     runner = _step_runner(engine)
     cat = _open(catalog)
     config_json, config_sha = canonical_config(recipe)
-    shown = lambda a, b: console.print(f"  {a:<11} {b}", highlight=False)   # noqa: E731
+    shown = lambda a, b: console.print(f"  {a:<11} {b}", highlight=False, soft_wrap=True)   # noqa: E731
 
     with console.status(f"reading source of {recipe.name}", spinner="dots") if progress else nullcontext():
         source = _load_source(recipe, cat)
@@ -225,16 +227,35 @@ def run_recipe(recipe_path: Path | str | None, catalog, *, engine: str = "local"
     rows_kept, drops = _totals(source.table.num_rows, source.kind, reports)
     inputs = [f"{source.name}@{source.version}"]
     message = f"build {recipe.name} from {inputs[0]} with {file}"
-    lineage = {"builder": "recipe", "recipe": file, "name": recipe.name, "config": config_json,
+    lineage = {"builder": "recipe", "recipe": file, "config": config_json,
                "config_sha256": config_sha, "inputs": inputs, "engine": engine,
                "steps": [{"step": r.step, "config": r.config, "rows_in": r.rows_in, "rows_kept": r.rows_kept,
                           "drops": r.drops, "rows_out": r.rows_out, "info": r.info} for r in reports],
                "rows_in": source.table.num_rows, "rows_kept": rows_kept, "rows_dropped": drops, "drops": drops,
                "rows_out": table.num_rows}
-    version = cat.write(recipe.name, table, message=message, lineage=lineage)
+    latest = _latest(cat, recipe.name)
+    from catalog.hashing import content_hash
+
+    if latest is not None and latest.get("content_hash") == content_hash(table) \
+            and cat.lineage(recipe.name, latest["version"]).get("config_sha256") == config_sha \
+            and cat.lineage(recipe.name, latest["version"]).get("inputs") == inputs:
+        version, written, verb = latest["version"], False, "unchanged"   # same recipe, inputs and rows
+    else:
+        version, written, verb = cat.write(recipe.name, table, message=message, lineage=lineage), True, "wrote"
     rec = cat.lineage(recipe.name, version)
     chash = rec.get("content_hash", "")
-    console.print(f"  wrote [bold]{recipe.name}@{version}[/]  ({table.num_rows:,} {kind} rows, content "
-                  f"{chash[:8]}…, recipe {file}, config {config_sha[:8]}…)", highlight=False)
+    console.print(f"  {verb} [bold]{recipe.name}@{version}[/]  ({table.num_rows:,} {kind} rows, content "
+                  f"{chash[:8]}…, recipe {file}, config {config_sha[:8]}…)", highlight=False, soft_wrap=True)
     return BuildResult(recipe.name, version, chash, table.num_rows, kind, reports, inputs, config_sha, file,
-                       written_source, rec)
+                       written, written_source, rec)
+
+
+def _shown_path(path: Path) -> str:
+    """The recipe path as a user recognizes it: relative to the working directory or the repository."""
+    p = path.resolve()
+    for base in (Path.cwd(), DEFAULT_RECIPE.parents[2]):
+        try:
+            return str(p.relative_to(base.resolve()))
+        except ValueError:
+            continue
+    return str(path)
