@@ -71,8 +71,6 @@ def read_source(path: str | Path, format: str | None = None, mapping: dict[str, 
     if p.rows_in != table.num_rows + sum(drops.values()):   # every row is kept or dropped with a reason
         raise RuntimeError(f"row accounting broken for {src}: in {p.rows_in}, kept {table.num_rows}, drops {drops}")
     info = {"container": loaded.container, "records": len(loaded.rows), **plan.info, **p.info}
-    if p.media_dir is not None:
-        info["media_dir"] = str(p.media_dir)
     return IngestResult(table=table, kind=plan.kind, format=format, rows_in=p.rows_in, drops=drops, source=src,
                         info=info)
 

@@ -43,7 +43,10 @@ def ingest_to_catalog(cat: Any, path: str | Path, format: str | None = None, *, 
     lineage = {
         "builder": "ingest", "format": res.format, "source": str(path), "source_sha256": source_sha256(path),
         "config": {"format": res.format, "mapping": mapping or None, "on_error": on_error},
-        "rows_in": res.rows_in, "rows_kept": res.rows_kept, "drops": res.drops, "kind": res.kind,
+        # rows_dropped is the catalog's accounting key (checked: rows_in == rows_kept + sum); drops mirrors it
+        # under the name the ingest API reports
+        "rows_in": res.rows_in, "rows_kept": res.rows_kept, "rows_dropped": res.drops, "drops": res.drops,
+        "kind": res.kind,
     }
     msg = message or f"ingest {path.name} ({res.format})"
     version = cat.write(name, res.table, message=msg, lineage=lineage)

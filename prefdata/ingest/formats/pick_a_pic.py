@@ -70,6 +70,7 @@ def _uris_from_bytes(df: pl.DataFrame, p: Problems) -> pl.DataFrame:
         df = df.with_columns(pl.Series(f"_ext_{k}", exts, dtype=pl.String))
         df = p.reject(df, pl.col(f"_ext_{k}").is_null(), reason="unrecognized image bytes", column=col,
                       message="bytes are not a PNG, JPEG, GIF, BMP or WebP image")
+    p.info["media_dir"] = str(p.media_dir)
     for k in (0, 1):
         uris = [put_media(p.media_dir, b, e) for b, e in zip(df[f"jpg_{k}"].to_list(), df[f"_ext_{k}"].to_list(),
                                                               strict=True)]
