@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Literal, NamedTuple
 
 import torch
+import torch.nn.functional as F
 from pydantic import BaseModel, ValidationError
 from torch import Tensor
 
@@ -130,13 +131,16 @@ def _f(t: Tensor) -> Tensor:
     return t if t.dtype in (torch.float32, torch.float64) else t.float()
 
 
-def softplus(x: Tensor) -> Tensor:
-    # max(x,0) + log1p(exp(-|x|)): exact for every x, no threshold switch, no overflow
-    return torch.clamp(x, min=0) + torch.log1p(torch.exp(-x.abs()))
-
-
 def logsigmoid(z: Tensor) -> Tensor:
-    return -softplus(-z)
+    """log sigmoid(z) = -softplus(-z). torch's kernel evaluates min(z,0) - log1p(exp(-|z|)) (no overflow, no
+    threshold switch) with an analytic backward. A hand-written max/abs form would get the gradient at
+    z = 0 wrong (clamp and abs have zero subgradient there), and z = 0 is exactly DPO's first step, when
+    the policy equals the reference."""
+    return F.logsigmoid(z)
+
+
+def softplus(x: Tensor) -> Tensor:
+    return -F.logsigmoid(-x)
 
 
 def log1mexp(a: Tensor) -> Tensor:
