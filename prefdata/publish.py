@@ -43,14 +43,8 @@ def resolve_version(cat, ref: str) -> tuple[str, int, pa.Table, dict]:
     from catalog import parse_ref
 
     name, want = parse_ref(ref)
-    table = cat.read(name, want)
-    versions = cat.versions(name)
-    if want is None:
-        version = max(v["version"] for v in versions)
-    elif isinstance(want, int):
-        version = want
-    else:  # a tag: the catalog already resolved it for read(); find its number for the Hub tag
-        version = next(v["version"] for v in versions if want in (v.get("tags") or []))
+    version = cat.resolve(name, want)    # a tag or None -> its number (the Hub tag needs the number)
+    table = cat.read(name, version)
     lineage = cat.lineage(name, version) or {}
     return name, version, table, lineage
 

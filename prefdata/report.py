@@ -109,13 +109,10 @@ def training_runs(cat, name: str, version: int) -> list[dict]:
     """Trainer events on name@version (cat.log_event kind 'train*'), each with its metrics.jsonl rows.
     A run whose metrics file is gone is listed with the reason instead of being silently skipped."""
     runs = []
-    for rec in cat.log(name):
-        kind = str(rec.get("kind") or rec.get("event") or "")
-        if "train" not in kind:
+    for rec in cat.events(name):
+        if "train" not in str(rec.get("kind", "")) or rec.get("version") != version:
             continue
-        body = rec.get("record") if isinstance(rec.get("record"), dict) else rec
-        if body.get("version", rec.get("version")) not in (None, version):
-            continue
+        body = rec.get("record") or {}
         path = body.get("metrics") or body.get("metrics_path")
         if not path and body.get("output_dir"):
             path = str(Path(body["output_dir"]) / "metrics.jsonl")
@@ -177,7 +174,7 @@ def _lineage_html(name: str, version: int, lineage: dict, chain: list[dict]) -> 
     items = [f"<li><b>{_esc(name)}@{version}</b> · {_esc(lineage.get('recipe') or lineage.get('builder') or '?')}"
              f" · config <code>{_esc(str(lineage.get('config_sha256', '?'))[:12])}</code>"
              f" · rows in {_esc(lineage.get('rows_in', '?'))}, kept {_esc(lineage.get('rows_kept', '?'))}"
-             + "".join(f", dropped {_esc(n)} ({_esc(r)})" for r, n in (lineage.get('drops') or {}).items())
+             + "".join(f", dropped {_esc(n)} ({_esc(r)})" for r, n in (lineage.get('rows_dropped') or lineage.get('drops') or {}).items())
              + "</li>"]
     for c in chain:
         if "missing" in c:

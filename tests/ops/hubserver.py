@@ -85,6 +85,12 @@ class FakeHub:
                 return 409, {"error": "You already created this dataset repo", "url": f"{self.url}/datasets/{repo_id}"}
             self.repos[repo_id] = Repo(body.get("visibility") == "private")
             return 200, {"url": f"{self.url}/datasets/{repo_id}"}
+        if method == "POST" and path == "/api/validate-yaml":
+            # the client checks a README's metadata before committing; accept what parses as YAML mapping
+            import yaml
+            body = json.loads(raw)
+            ok = isinstance(yaml.safe_load(body.get("content", "").split("---\n")[1]), dict)
+            return (200, {}) if ok else (400, {"error": "invalid YAML metadata"})
         m = re.fullmatch(r"/api/datasets/([^/]+/[^/]+)/(refs|tree|preupload|commit|tag)(?:/(.*))?", path)
         if not m or m.group(1) not in self.repos:
             return 404, {"error": f"Repository not found: {path}"}
