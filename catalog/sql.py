@@ -27,6 +27,9 @@ if TYPE_CHECKING:
     from catalog.core import Catalog
 
 ALLOWED_TABLE_FUNCTIONS = frozenset({"range", "generate_series", "unnest"})
+# `FROM 'file.csv'` is DuckDB's replacement scan of a file; a name like that which is not a dataset is refused
+_FILE_SUFFIXES = (".csv", ".tsv", ".txt", ".parquet", ".json", ".jsonl", ".ndjson", ".arrow", ".feather", ".ipc",
+                  ".db", ".duckdb", ".sqlite", ".xlsx", ".gz", ".zst", ".bz2", ".lance")
 
 _CONFIG = {
     "enable_external_access": False,
@@ -68,7 +71,7 @@ def check_read_only(con: duckdb.DuckDBPyConnection, query: str) -> tuple[set[str
         raise ReadOnlyQuery(f"expected exactly one statement, got {len(statements)}")
     kind = statements[0].type
     if kind != duckdb.StatementType.SELECT:
-        raise ReadOnlyQuery(f"only SELECT queries are allowed; refused a {kind.name} statement")
+        raise ReadOnlyQuery(f"only SELECT queries are allowed; refused statement type {kind.name}")
     ast = json.loads(con.execute("SELECT json_serialize_sql(?)", [query]).fetchall()[0][0])
     if ast.get("error"):
         raise ReadOnlyQuery(f"only plain SELECT queries are allowed ({ast.get('error_message', 'not a SELECT')})")
@@ -120,6 +123,8 @@ def run_sql(cat: Catalog, query: str) -> pa.Table:
             target = _resolve(cat, ref)
             if target is not None:
                 con.register(ref, cat.dataset(*target))
+            elif "/" in ref or "\\" in ref or ref.lower().endswith(_FILE_SUFFIXES):
+                raise ReadOnlyQuery(f"{ref!r} looks like a file path; queries may only read catalog datasets")
         try:
             return con.sql(query).to_arrow_table()
         except duckdb.CatalogException as e:
