@@ -193,7 +193,16 @@ def ls_(catalog: CatalogOpt = None, as_json: JsonOpt = False):
     if not rows:
         _console().print(f"catalog {_catalog_path(catalog)} is empty")
         return
-    _print_table(pa.Table.from_pylist([{k: ("" if v is None else str(v)) for k, v in r.items()} for r in rows]))
+    def cell(key: str, value: Any) -> str:
+        if value is None:
+            return ""
+        if key == "created_at":
+            return str(value)[:16].replace("T", " ")   # minutes are enough in a listing; --json has all
+        if key == "tags":
+            return ", ".join(value)
+        return str(value)
+
+    _print_table(pa.Table.from_pylist([{k: cell(k, v) for k, v in r.items()} for r in rows]), max_width=40)
 
 
 @app.command()

@@ -96,7 +96,7 @@ def test_rebuild_is_reproducible(built):
     "args, needle",
     [
         (("show", "no-such-dataset"), "no-such-dataset"),
-        (("sql", 'DROP TABLE "arena-curry"'), "read-only"),
+        (("sql", 'DROP TABLE "arena-curry"'), "refused statement type drop"),
         (("build", "examples/recipes/does-not-exist.yaml"), "does-not-exist.yaml"),
         (("export", "arena-curry", "/tmp/x", "--to", "csv"), "--to"),
         (("show", "arena-curry@999"), "999"),
