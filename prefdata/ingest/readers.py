@@ -218,7 +218,8 @@ def _from_arrow(table: pa.Table, schema: pa.Schema, problems: Problems, containe
     keep = [i for i in range(n) if i not in bad_rows]
     problems.rows_in += len(keep)
     if bad_rows:
-        cols = {k: (v.take(keep) if isinstance(v, pa.ChunkedArray | pa.Array) else [v[i] for i in keep])
+        idx = pa.array(keep, pa.int64())
+        cols = {k: (v.take(idx) if isinstance(v, pa.ChunkedArray | pa.Array) else [v[i] for i in keep])
                 for k, v in cols.items()}
     arrays = [v if isinstance(v, pa.ChunkedArray | pa.Array) else pa.array(v, f.type)
               for f, v in zip(schema, cols.values(), strict=True)]

@@ -44,5 +44,19 @@ class Format:
     container: str | None = None                   # generic formats force how the file is read
 
 
+def reject_bad_messages(df: pl.DataFrame, p: Problems, col: str) -> pl.DataFrame:
+    """A message list must hold {role, content} objects with both set (an empty list is the caller's call)."""
+    e = pl.element()
+    bad = pl.col(col).list.eval(e.is_null() | e.struct.field("role").is_null()
+                                | e.struct.field("content").is_null()).list.any()
+    return p.reject(df, bad, reason=f"malformed {col} messages", column=col,
+                    message="a message is null or lacks 'role' or 'content'")
+
+
+def invalid_rank(rank: pl.Expr) -> pl.Expr:
+    """Ranks are whole numbers 1..2^31-1 (read as float64 because sources store 1.0 as well as 1)."""
+    return rank.is_not_null() & (~rank.is_finite() | (rank != rank.floor()) | (rank < 1) | (rank > 2**31 - 1))
+
+
 def has(record: Record, *keys: str) -> bool:
     return all(k in record for k in keys)

@@ -12,7 +12,7 @@ import polars as pl
 import pyarrow as pa
 
 from prefdata.errors import FormatError, IngestError
-from prefdata.ingest.formats.base import Format, Plan, Record
+from prefdata.ingest.formats.base import Format, Plan, Record, invalid_rank
 from prefdata.ingest.problems import Problems
 
 _STR, _NUM, _LIST = pa.string(), pa.float64(), pa.list_(pa.string())
@@ -65,7 +65,7 @@ def make_plan(first: Record, mapping: dict[str, str] | None, path: str) -> Plan:
         cols = [pl.col(src).alias(canon) for canon, src in rename.items()]
         if "rank" in rename:
             r = pl.col(rename["rank"])
-            df = p.reject(df, r.is_not_null() & ((r != r.floor()) | (r < 1)), reason="invalid rank",
+            df = p.reject(df, invalid_rank(r), reason="invalid rank",
                           column=rename["rank"], message=lambda row: f"rank {row[rename['rank']]} is not a whole "
                                                                       "number >= 1")
             cols = [c if canon != "rank" else pl.col(rename["rank"]).cast(pl.Int32).alias("rank")

@@ -10,7 +10,7 @@ import polars as pl
 import pyarrow as pa
 
 from prefdata.ingest.dialogue import parse_transcript
-from prefdata.ingest.formats.base import PL_MESSAGES, Format, Plan, Record, has
+from prefdata.ingest.formats.base import PL_MESSAGES, Format, Plan, Record, has, invalid_rank
 from prefdata.ingest.problems import Problems
 
 ANSWER = pa.struct([("answer", pa.string()), ("model", pa.string()), ("rank", pa.float64())])
@@ -27,7 +27,7 @@ def transform(df: pl.DataFrame, p: Problems) -> pl.DataFrame:
                   message="answer is missing (empty list or null element)")
     a = pl.col("answers").struct
     rank = a.field("rank")
-    df = p.reject(df, rank.is_not_null() & ((rank != rank.floor()) | (rank < 1)), reason="invalid rank",
+    df = p.reject(df, invalid_rank(rank), reason="invalid rank",
                   column="answers[{item}].rank",
                   message=lambda r: f"rank {r['answers']['rank']} is not a whole number >= 1")
     return df.select(

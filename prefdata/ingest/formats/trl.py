@@ -13,13 +13,12 @@ prompt with a single completion is kept (unpaired data needs no second response)
 The form is decided by the first record; a later record in another form is a mistyped-column error."""
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import polars as pl
 import pyarrow as pa
 
+from prefdata.errors import IngestError
 from prefdata.ingest.dialogue import render_transcript, trl_implicit_split
-from prefdata.ingest.formats.base import MESSAGES, PL_MESSAGES, Format, Plan, Record, has
+from prefdata.ingest.formats.base import MESSAGES, PL_MESSAGES, Format, Plan, Record, has, reject_bad_messages
 from prefdata.ingest.problems import Problems
 
 
@@ -47,6 +46,8 @@ def _bad_completion(df: pl.DataFrame, p: Problems, col: str, raw: list) -> pl.Da
 
 
 def _conversational(df: pl.DataFrame, p: Problems, explicit: bool) -> pl.DataFrame:
+    for col in (["prompt"] if explicit and df.schema["prompt"] != pl.String else []) + ["chosen", "rejected"]:
+        df = reject_bad_messages(df, p, col)
     rows = df.select(*(["prompt"] if explicit else []), "chosen", "rejected").to_dicts()
     prompt_msgs, chosen_msgs, rejected_msgs = [], [], []
     for r in rows:   # per-row list surgery; linear
@@ -86,24 +87,24 @@ def _implicit_strings(df: pl.DataFrame, p: Problems) -> pl.DataFrame:
                                                                                    "_row")
 
 
-def _unpaired(conversational: bool) -> Callable[[pl.DataFrame, Problems], pl.DataFrame]:
-    def transform(df: pl.DataFrame, p: Problems) -> pl.DataFrame:
-        df = p.reject(df, pl.col("label").is_null(), reason="missing label", column="label",
-                      message="missing label (expected true/false)")
-        if conversational:
-            prompt_msgs = df["prompt"].to_list()
-            completions = df["completion"].to_list()
-            df = df.with_columns(pl.int_range(pl.len()).alias("_i"),
-                                 pl.Series("messages", [m if isinstance(m, list) else None for m in prompt_msgs],
-                                           dtype=PL_MESSAGES),
-                                 pl.Series("prompt", [_prompt_text(m) if m else None for m in prompt_msgs],
-                                           dtype=pl.String),
-                                 pl.Series("completion", [_one_message(m) for m in completions], dtype=pl.String))
-            df = _bad_completion(df, p, "completion", completions)
-        extra = ["messages"] if conversational else []
-        return df.select("prompt", *extra, pl.col("completion").alias("response"),
-                         pl.col("label").cast(pl.Float64).alias("score"), "_row")
-    return transform
+def _unpaired(df: pl.DataFrame, p: Problems) -> pl.DataFrame:
+    df = p.reject(df, pl.col("label").is_null(), reason="missing label", column="label",
+                  message="missing label (expected true/false)")
+    for col in ("prompt", "completion"):
+        if df.schema[col] != pl.String:
+            df = reject_bad_messages(df, p, col)
+    if df.schema["prompt"] != pl.String:
+        msgs = df["prompt"].to_list()
+        df = df.with_columns(pl.Series("messages", msgs, dtype=PL_MESSAGES),
+                             pl.Series("prompt", [_prompt_text(m) if m else None for m in msgs], dtype=pl.String))
+    if df.schema["completion"] != pl.String:
+        completions = df["completion"].to_list()
+        df = df.with_columns(pl.int_range(pl.len()).alias("_i"),
+                             pl.Series("completion", [_one_message(m) for m in completions], dtype=pl.String))
+        df = _bad_completion(df, p, "completion", completions)
+    extra = ["messages"] if "messages" in df.columns else []
+    return df.select("prompt", *extra, pl.col("completion").alias("response"),
+                     pl.col("label").cast(pl.Float64).alias("score"), "_row")
 
 
 def plan(first: Record, mapping, path: str = "") -> Plan:
@@ -112,8 +113,12 @@ def plan(first: Record, mapping, path: str = "") -> Plan:
         schema = pa.schema([("prompt", _typ(first.get("prompt"))), ("completion", _typ(first.get("completion"))),
                             ("label", pa.bool_())])
         return Plan(kind="responses", schema=schema, required=("prompt", "completion", "label"),
-                    transform=_unpaired(conv), min_responses=1, origin={"response": "completion", "score": "label"},
+                    transform=_unpaired, min_responses=1, origin={"response": "completion", "score": "label"},
                     info={"trl_form": "unpaired" + (" conversational" if conv else "")})
+    if not has(first, "chosen", "rejected"):
+        raise IngestError(path, "missing columns for TRL: need prompt/chosen/rejected, chosen/rejected or "
+                                f"prompt/completion/label (first record has: {', '.join(sorted(first)) or 'no keys'})",
+                          row=1)
     conv = isinstance(first.get("chosen"), list)
     explicit = "prompt" in first
     fields = [("chosen", _typ(first["chosen"])), ("rejected", _typ(first["chosen"]))]
