@@ -1,0 +1,82 @@
+"""Per-response log-probs + dataset columns -> the loss's batch, building only what `spec.needs` asks for."""
+from __future__ import annotations
+
+import torch
+
+from training.data import LIST_REF, PAIR_REF, PAIR_TOK_REF, TrainData
+from training.logps import SeqOut
+from training.losses import ListBatch, LossSpec, PairBatch
+
+
+class RefStore:
+    """Reference log-probs per group (float64, CPU): from the dataset, a reference pass, a curriculum refresh,
+    or zeros (reference-free). Saved in checkpoints so a resumed curriculum keeps its refreshed reference."""
+
+    def __init__(self, data: TrainData, *, free: bool):
+        G = len(data.groups)
+        if data.kind == "pairs":
+            cols = [data.columns.get(c) for c in PAIR_REF]
+            self.seq = torch.zeros(G, 2, dtype=torch.float64) if free or cols[0] is None else torch.stack(cols, 1)
+            toks = [data.columns.get(c) for c in PAIR_TOK_REF]
+            self.tok = None if toks[0] is None else toks
+        else:
+            K = data.columns["scores"].shape[1]
+            ref = data.columns.get(LIST_REF)
+            self.seq = torch.zeros(G, K, dtype=torch.float64) if free or ref is None else ref
+            self.tok = None
+
+    def state_dict(self) -> dict:
+        return {"seq": self.seq, "tok": self.tok}
+
+    def load_state_dict(self, s: dict) -> None:
+        self.seq, self.tok = s["seq"], s["tok"]
+
+
+def _pad_to(t: torch.Tensor, T: int) -> torch.Tensor:
+    return torch.nn.functional.pad(t, (0, T - t.shape[1])) if t.shape[1] < T else t[:, :T]
+
+
+def make_batch(spec: LossSpec, out: SeqOut, data: TrainData, idx: torch.Tensor, ref: RefStore, device,
+               bco_delta: torch.Tensor | None = None):
+    """`out` holds the responses of groups `idx` in order (pairs: chosen, rejected, chosen, ...)."""
+    needs = spec.needs
+    dt = out.sums.dtype
+    col = {k: v[idx].to(device=device, dtype=dt if v.is_floating_point() else v.dtype)
+           for k, v in data.columns.items()}
+    weight = data.weight[idx].to(device=device, dtype=dt)
+    if data.kind == "lists":
+        K = col["scores"].shape[1]
+        mask = col["list_mask"]
+        pol = torch.zeros(len(idx), K, dtype=dt, device=device)
+        n = torch.zeros(len(idx), K, dtype=dt, device=device)
+        pol[mask] = out.sums
+        n[mask] = out.counts.to(dt)
+        r = ref.seq[idx].to(device=device, dtype=dt) if "ref" in needs else None
+        return ListBatch(pol=pol, ref=r, scores=col["scores"], mask=mask, n=n, weight=weight)
+    pc, pr = out.sums[0::2], out.sums[1::2]
+    b = PairBatch(pol_chosen=pc, pol_rejected=pr, weight=weight)
+    if "ref" in needs:
+        r = ref.seq[idx].to(device=device, dtype=dt)
+        b.ref_chosen, b.ref_rejected = r[:, 0], r[:, 1]
+    if "counts" in needs or "nll" in needs:
+        b.n_chosen, b.n_rejected = out.counts[0::2].to(dt), out.counts[1::2].to(dt)
+    if "nll" in needs:
+        b.nll_chosen = -pc.sum() / b.n_chosen.sum()  # token-mean CE over the batch's chosen tokens (spec §0.3)
+    if "token_logps" in needs:
+        T = out.tokens.shape[1]
+        b.tok_pol_chosen, b.tok_pol_rejected = out.tokens[0::2], out.tokens[1::2]
+        b.tok_mask_chosen, b.tok_mask_rejected = out.tok_mask[0::2], out.tok_mask[1::2]
+        if "ref" in needs and ref.tok is not None:
+            b.tok_ref_chosen = _pad_to(ref.tok[0][idx], T).to(device=device, dtype=dt)
+            b.tok_ref_rejected = _pad_to(ref.tok[1][idx], T).to(device=device, dtype=dt)
+        elif "ref" in needs:  # reference-free: zeros
+            b.tok_ref_chosen = torch.zeros_like(b.tok_pol_chosen)
+            b.tok_ref_rejected = torch.zeros_like(b.tok_pol_rejected)
+    if "rm_margin" in needs:
+        b.rm_margin = col["margin"]
+    if "other_rewards" in needs:
+        b.other_chosen, b.other_rejected = col["other_chosen"], col["other_rejected"]
+    if "pref_alpha" in col:
+        b.pref_alpha = col["pref_alpha"]
+    b.bco_delta = bco_delta
+    return b

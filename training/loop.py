@@ -1,0 +1,250 @@
+"""The training loop, readable in one sitting.
+
+One optimizer step = `grad_accum` micro-batches from the precomputed plan. A micro-batch runs the policy over
+its prompts (shared-prompt packing, chunked LM head), builds the loss's batch from the per-response log-probs
+and the dataset's reference columns, and backpropagates the weighted mean loss. accelerate places the model,
+runs DDP/FSDP and bf16 autocast on a GPU. A checkpoint (model, optimizer, scheduler, RNG, reference store,
+BCO state + the step = data position) is written atomically, so a killed run resumes bit-exactly.
+"""
+from __future__ import annotations
+
+import json
+import math
+import resource
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from transformers import get_cosine_schedule_with_warmup
+
+from training.batches import RefStore, make_batch
+from training.data import TrainData
+from training.forward import group_logps
+from training.logps import SequenceLogps
+from training.losses import LossSpec, RunningMean
+from training.plan import Step, stage_starts
+from training.recipe import TrainRecipe
+
+
+@dataclass
+class RunSetup:
+    recipe: TrainRecipe
+    spec: LossSpec
+    params: object
+    lm: torch.nn.Module
+    tokenizer: object
+    data: TrainData
+    ref: RefStore
+    plan: list[Step]
+    out_dir: Path
+    dataset_ref: str
+    resume: bool = False
+    log_event: Callable[[str, dict], None] | None = None
+    info: dict = field(default_factory=dict)       # reference status, drops: copied into every checkpoint
+
+
+def _precision(mode: str) -> str:
+    if mode == "auto":
+        return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    return mode
+
+
+def _peak_memory_mb() -> float:
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def _checkpoints(out_dir: Path) -> list[Path]:
+    return sorted(p for p in (out_dir / "checkpoints").glob("step-*") if not p.name.endswith(".tmp"))
+
+
+def _truncate_metrics(path: Path, last_step: int) -> None:
+    """Drop metric lines a killed run wrote after its last checkpoint (they are recomputed on resume)."""
+    if path.exists():
+        keep = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["step"] <= last_step]
+        path.write_text("".join(ln + "\n" for ln in keep))
+
+
+class Trainer:
+    def __init__(self, s: RunSetup):
+        self.s, t = s, s.recipe.train
+        self.acc = Accelerator(mixed_precision=_precision(t.mixed_precision), cpu=not torch.cuda.is_available())
+        set_seed(t.seed)
+        if t.grad_checkpointing:
+            s.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        head_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.acc.mixed_precision)
+        model = SequenceLogps(s.lm, chunk=t.logp_chunk, compute_dtype=head_dtype)
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=t.lr,
+                                weight_decay=t.weight_decay)
+        warmup = int(round(t.warmup_ratio * len(s.plan)))
+        self.sched = get_cosine_schedule_with_warmup(opt, warmup, max(1, len(s.plan)))
+        self.model, self.opt = self.acc.prepare(model, opt)
+        self.acc.register_for_checkpointing(self.sched)
+        bco = getattr(s.params, "delta", None) == "running_mean"
+        self.bco = RunningMean(s.params.delta_window) if bco else None
+        # several forwards per backward are fine on one process; DDP wants exactly one per micro-batch
+        self.token_budget = t.token_budget if self.acc.num_processes == 1 else 1 << 62
+        self.metrics_path = s.out_dir / "metrics.jsonl"
+
+    # -- one micro-batch ------------------------------------------------------------------------------
+    def micro_loss(self, idx: tuple[int, ...]):
+        s = self.s
+        groups = [s.data.groups[i] for i in idx]
+        out = group_logps(self.model, groups, pad_id=s.tokenizer.pad_token_id, device=self.acc.device,
+                          token_budget=self.token_budget, with_tokens="token_logps" in s.spec.needs)
+        delta = self.bco.value if self.bco is not None else None
+        batch = make_batch(s.spec, out, s.data, torch.tensor(idx), s.ref, self.acc.device, delta)
+        lo = s.spec.fn(batch, s.params)
+        if self.bco is not None:
+            self.bco.update(lo.metrics["bco_reward_mean"])
+        return (lo.loss * batch.weight).mean(), lo, sum(g.n_tokens for g in groups)
+
+    @torch.no_grad()
+    def refresh_reference(self, stage: int) -> None:
+        """Curry-DPO: the reference for this stage is the current policy (its log-probs on this stage's rows)."""
+        s = self.s
+        rows = (s.data.stage == stage).nonzero().flatten().tolist()
+        self.model.eval()
+        for i in range(0, len(rows), s.recipe.reference.batch_size):
+            part = rows[i:i + s.recipe.reference.batch_size]
+            out = group_logps(self.model, [s.data.groups[j] for j in part], pad_id=s.tokenizer.pad_token_id,
+                              device=self.acc.device, token_budget=self.token_budget)
+            k = s.ref.seq.shape[1]
+            if s.data.kind == "pairs":
+                s.ref.seq[part] = out.sums.double().cpu().view(-1, 2)
+            else:
+                mask = s.data.columns["list_mask"][part]
+                vals = torch.zeros(len(part), k, dtype=torch.float64)
+                vals[mask] = out.sums.double().cpu()
+                s.ref.seq[part] = vals
+        self.model.train()
+
+    # -- checkpoints ----------------------------------------------------------------------------------
+    def save(self, step: int, last: dict) -> Path:
+        s = self.s
+        final = s.out_dir / "checkpoints" / f"step-{step:06d}"
+        tmp = final.with_name(final.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        self.acc.wait_for_everyone()
+        self.acc.save_state(str(tmp))
+        if self.acc.is_main_process:
+            torch.save({"ref": s.ref.state_dict(), "bco": self.bco.state_dict() if self.bco else None},
+                       tmp / "trainer_extra.pt")
+            state = {"step": step, "dataset": s.dataset_ref, "config_sha256": s.recipe.config_hash(),
+                     "recipe": s.recipe.canonical(), "metrics": last, **s.info}
+            (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2, default=str))
+            tmp.replace(final)  # atomic: a checkpoint dir either is complete or does not exist
+            if s.log_event:
+                s.log_event("checkpoint", {"checkpoint": str(final), "step": step,
+                                           "config_sha256": state["config_sha256"], "output_dir": str(s.out_dir)})
+        return final
+
+    def load_latest(self) -> int:
+        ckpts = _checkpoints(self.s.out_dir)
+        if not ckpts:
+            return 0
+        self.acc.load_state(str(ckpts[-1]))
+        extra = torch.load(ckpts[-1] / "trainer_extra.pt", weights_only=False)
+        self.s.ref.load_state_dict(extra["ref"])
+        if self.bco is not None and extra["bco"]:
+            self.bco.load_state_dict(extra["bco"])
+        step = json.loads((ckpts[-1] / "trainer_state.json").read_text())["step"]
+        _truncate_metrics(self.metrics_path, step)
+        return step
+
+    # -- the loop -------------------------------------------------------------------------------------
+    def run(self) -> dict:
+        s, t = self.s, self.s.recipe.train
+        s.out_dir.mkdir(parents=True, exist_ok=True)
+        start = self.load_latest() if s.resume else 0
+        if not s.resume and self.metrics_path.exists():
+            self.metrics_path.unlink()
+        refresh = stage_starts(s.plan) if s.recipe.curriculum.mode == "iterative" else {}
+        last: dict = {}
+        self.model.train()
+        bar = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                       TimeRemainingColumn(), disable=not self.acc.is_main_process)
+        t_run = time.perf_counter()
+        with bar, self.metrics_path.open("a") as log:
+            task = bar.add_task("train", total=len(s.plan), completed=start, info="")
+            for step in range(start, len(s.plan)):
+                plan = s.plan[step]
+                if step in refresh:
+                    self.refresh_reference(refresh[step])
+                t0 = time.perf_counter()
+                sums = {"loss": 0.0, "acc": 0.0, "rc": 0.0, "rr": 0.0, "n_reward": 0, "tokens": 0}
+                extra: dict[str, float] = {}
+                for j, idx in enumerate(plan.micro):
+                    ctx = self.acc.no_sync(self.model) if j < len(plan.micro) - 1 else _nullcontext()
+                    with ctx:
+                        loss, lo, ntok = self.micro_loss(idx)
+                        self.acc.backward(loss * len(idx) / plan.examples)
+                    sums["loss"] += float(loss.detach()) * len(idx) / plan.examples
+                    sums["tokens"] += ntok
+                    if lo.chosen_reward is not None and lo.rejected_reward is not None:
+                        cr, rr = lo.chosen_reward.detach().float(), lo.rejected_reward.detach().float()
+                        sums["acc"] += float((cr > rr).float().sum())
+                        sums["rc"] += float(cr.sum())
+                        sums["rr"] += float(rr.sum())
+                        sums["n_reward"] += len(cr)
+                    for k, v in lo.metrics.items():
+                        extra[k] = extra.get(k, 0.0) + float(v.detach().float().mean()) / len(plan.micro)
+                lr = self.sched.get_last_lr()[0]  # the rate this step uses
+                grad_norm = None
+                if t.max_grad_norm is not None:
+                    grad_norm = float(self.acc.clip_grad_norm_(self.model.parameters(), t.max_grad_norm))
+                self.opt.step()
+                self.sched.step()
+                self.opt.zero_grad(set_to_none=True)
+                dt = time.perf_counter() - t0
+                n = max(1, sums["n_reward"])
+                last = {"step": step + 1, "stage": plan.stage, "loss": sums["loss"],
+                        "reward_accuracy": sums["acc"] / n if sums["n_reward"] else None,
+                        "chosen_reward": sums["rc"] / n if sums["n_reward"] else None,
+                        "rejected_reward": sums["rr"] / n if sums["n_reward"] else None,
+                        "margin": (sums["rc"] - sums["rr"]) / n if sums["n_reward"] else None,
+                        "grad_norm": grad_norm, "lr": lr, "examples": plan.examples,
+                        "tokens": sums["tokens"], "tokens_per_s": sums["tokens"] / dt,
+                        "examples_per_s": plan.examples / dt, "step_time_s": dt,
+                        "peak_memory_mb": _peak_memory_mb(), **{f"loss/{k}": v for k, v in extra.items()}}
+                if not math.isfinite(last["loss"]):
+                    raise FloatingPointError(f"loss is {last['loss']} at step {step + 1}")
+                if self.acc.is_main_process and ((step + 1) % t.log_every == 0 or step + 1 == len(s.plan)):
+                    log.write(json.dumps(last) + "\n")
+                    log.flush()
+                bar.update(task, advance=1, info=f"loss {last['loss']:.4f} acc {last['reward_accuracy'] or 0:.2f}")
+                if t.save_every and (step + 1) % t.save_every == 0 and step + 1 < len(s.plan):
+                    log.flush()
+                    self.save(step + 1, last)
+        ckpt = self.save(len(s.plan), last) if s.plan else None
+        final = s.out_dir / "final"
+        if self.acc.is_main_process:
+            lm = self.acc.unwrap_model(self.model).lm
+            lm.save_pretrained(final)
+            s.tokenizer.save_pretrained(final)
+        result = {"output_dir": str(s.out_dir), "final_model": str(final), "checkpoint": str(ckpt),
+                  "dataset": s.dataset_ref, "config_sha256": s.recipe.config_hash(), "steps": len(s.plan),
+                  "resumed_from": start, "seconds": time.perf_counter() - t_run, "last": last, **s.info}
+        if s.log_event and self.acc.is_main_process:
+            s.log_event("train", {k: result[k] for k in ("output_dir", "final_model", "checkpoint", "config_sha256",
+                                                         "steps")} | {"loss": s.recipe.loss, "last": last})
+        return result
+
+
+class _nullcontext:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def train(setup: RunSetup) -> dict:
+    return Trainer(setup).run()

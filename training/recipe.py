@@ -1,0 +1,189 @@
+"""Training recipe (YAML) -> validated `TrainRecipe`. Every problem is a one-line RecipeError naming the YAML
+path, raised when the recipe is parsed: unknown loss, bad hyperparameter, or a dataset that lacks the columns
+the loss needs (listwise loss on pairs, no reference log-probs and no reference model, MODPO without
+scores_chosen/scores_rejected, ...). Nothing is discovered mid-training."""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from prefdata.errors import DatasetNotFound, PrefdataError, RecipeError
+from training.data import LIST_REF, PAIR_REF, PAIR_TOK_REF, dataset_columns, table_kind
+from training.losses import LossSpec, resolve_loss
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class TrainSection(_Section):
+    batch_size: int = Field(8, ge=1, description="examples (pairs or prompts) per micro-batch")
+    grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")
+    max_length: int = Field(512, ge=8, description="prompt + response tokens, per response (TRL semantics)")
+    lr: float = Field(5e-7, gt=0)
+    max_steps: int | None = Field(None, ge=1, description="optimizer steps; overrides epochs (curriculum: caps them)")
+    epochs: int = Field(1, ge=1, description="passes over the data (per stage with a curriculum)")
+    warmup_ratio: float = Field(0.1, ge=0, le=1)
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    seed: int = 0
+    grad_checkpointing: bool = False
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"   # auto: bf16 on a GPU, fp32 on CPU
+    logp_chunk: int | None = Field(None, ge=1, description="positions per LM-head chunk; None = auto")
+    token_budget: int = Field(8192, ge=64, description="padded tokens per forward sub-batch")
+    save_every: int = Field(0, ge=0, description="checkpoint every N steps (0 = only at the end)")
+    log_every: int = Field(1, ge=1)
+
+
+class ReferenceSection(_Section):
+    model: str | None = Field(None, description="reference model path/id; its log-probs are precomputed once")
+    free: bool = Field(False, description="reference-free: reference log-probs are 0")
+    batch_size: int = Field(16, ge=1)
+
+
+class CurriculumSection(_Section):
+    # off: shuffle all rows; fixed: stages in order, one reference; iterative (Curry-DPO): stages in order and
+    # the reference for stage k+1 is the policy after stage k
+    mode: Literal["off", "fixed", "iterative"] = "off"
+
+
+class LoraSection(_Section):
+    r: int = Field(8, ge=1)
+    alpha: float = Field(16.0, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+
+
+class TrainRecipe(_Section):
+    model: str
+    dataset: str
+    loss: dict
+    output_dir: str
+    train: TrainSection = TrainSection()
+    reference: ReferenceSection = ReferenceSection()
+    curriculum: CurriculumSection = CurriculumSection()
+    lora: LoraSection | None = None
+    tokenizer: str | None = Field(None, description="tokenizer path/id; default: the model's")
+    trust_remote_code: bool = False
+    make_tiny_model: bool = Field(False, description="create a random tiny Llama at `model` if it does not exist")
+
+    @model_validator(mode="after")
+    def _loss_is_valid(self) -> TrainRecipe:
+        name = self.loss.get("name") if isinstance(self.loss, dict) else None
+        if not name:
+            raise ValueError("loss.name is required")
+        resolve_loss(name, {k: v for k, v in self.loss.items() if k != "name"}, where="loss")
+        return self
+
+    def loss_spec(self):
+        name = self.loss["name"]
+        return resolve_loss(name, {k: v for k, v in self.loss.items() if k != "name"}, where="loss")
+
+    def canonical(self) -> dict:
+        return self.model_dump(mode="json")
+
+    def config_hash(self) -> str:
+        return hashlib.sha256(json.dumps(self.canonical(), sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+SUPPORTED_KINDS = ("pair", "list")
+
+
+def needs_reference(spec: LossSpec, recipe: TrainRecipe) -> bool:
+    return "ref" in spec.needs and not recipe.reference.free
+
+
+def check_dataset(recipe: TrainRecipe, columns: list[str], *, file: str | None = None) -> None:
+    """The dataset's columns against what the loss and the recipe need."""
+    spec, params = recipe.loss_spec()
+    kind = table_kind(columns)
+
+    def fail(msg: str, path: str) -> None:
+        raise RecipeError(msg, path=path, file=file)
+
+    if spec.kind not in SUPPORTED_KINDS:
+        fail(f"loss {recipe.loss['name']!r} is a {spec.kind} loss; `prefdata train` trains pair and list losses "
+             "(diffusion losses use the diffusion trainer)", "loss.name")
+    if "seq_kl" in spec.needs:
+        fail(f"loss {recipe.loss['name']!r} needs the sequential KL against an online reference model, which this "
+             "trainer does not compute", "loss.name")
+    if kind == "unknown":
+        fail("dataset has neither prompt/chosen/rejected (pairs) nor prompt/responses/scores (lists) columns",
+             "dataset")
+    if spec.kind == "list" and kind != "lists":
+        fail(f"listwise loss {recipe.loss['name']!r} needs a lists table (prompt, responses, scores); "
+             f"{recipe.dataset} is a {kind} table", "loss.name")
+    if spec.kind == "pair" and kind != "pairs":
+        fail(f"pairwise loss {recipe.loss['name']!r} needs a pairs table (prompt, chosen, rejected); "
+             f"{recipe.dataset} is a {kind} table", "loss.name")
+    if spec.kind == "list" and "scores" not in columns:
+        fail("listwise loss needs the 'scores' column", "dataset")
+    if needs_reference(spec, recipe) and not recipe.reference.model:
+        have = set(PAIR_REF) <= set(columns) if kind == "pairs" else LIST_REF in columns
+        if "token_logps" in spec.needs:
+            have = have and set(PAIR_TOK_REF) <= set(columns)
+        if not have:
+            want = ", ".join(PAIR_REF if kind == "pairs" else (LIST_REF,))
+            fail(f"loss {recipe.loss['name']!r} needs reference log-probs: the dataset has no {want} column(s); "
+                 "set reference.model (they are then computed once and stored) or reference.free: true",
+                 "reference.model")
+    if "rm_margin" in spec.needs and "margin" not in columns:
+        fail(f"loss {recipe.loss['name']!r} needs the reward-model margin column 'margin'", "dataset")
+    if "other_rewards" in spec.needs and not {"scores_chosen", "scores_rejected"} <= set(columns):
+        fail(f"loss {recipe.loss['name']!r} needs scores_chosen/scores_rejected (other objectives' rewards)",
+             "dataset")
+    if recipe.loss["name"].startswith("smpo") and getattr(params, "alpha", 0) is None and "pref_alpha" not in columns:
+        fail("smpo with alpha unset needs a per-pair 'pref_alpha' column (or set loss.alpha)", "loss.alpha")
+    if recipe.curriculum.mode != "off" and "stage" not in columns:
+        fail("a curriculum needs the 'stage' column", "curriculum.mode")
+    if recipe.curriculum.mode == "iterative" and not needs_reference(spec, recipe):
+        fail("an iterative curriculum refreshes the reference; this loss/recipe uses none", "curriculum.mode")
+
+
+def _location(err: dict) -> str:
+    return ".".join(str(x) for x in err["loc"] if not str(x).startswith("function-after"))
+
+
+def parse_train_recipe(data: dict, *, file: str | None = None) -> TrainRecipe:
+    if not isinstance(data, dict):
+        raise RecipeError("a training recipe is a YAML mapping", file=file)
+    try:
+        return TrainRecipe(**data)
+    except RecipeError as e:
+        raise RecipeError(str(e).split(": ", 1)[-1] if e.path else str(e), path=e.path, file=file) from None
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = _location(err)
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif err["type"] == "missing":
+            msg = "required key is missing"
+        raise RecipeError(msg.removeprefix("Value error, "), path=loc or None, file=file) from None
+
+
+def load_train_recipe(path: str | Path, *, catalog_path: str | Path | None = None,
+                      check_data: bool = True) -> TrainRecipe:
+    """Parse and validate a training recipe; with `check_data`, also open the dataset's schema and check it."""
+    p = Path(path)
+    try:
+        data = yaml.safe_load(p.read_text())
+    except FileNotFoundError:
+        raise RecipeError(f"recipe file not found: {p}") from None
+    except yaml.YAMLError as e:
+        raise RecipeError(f"invalid YAML: {e}".replace("\n", " "), file=str(p)) from None
+    recipe = parse_train_recipe(data, file=str(p))
+    if check_data:
+        try:
+            cols = dataset_columns(recipe.dataset, catalog_path)
+        except DatasetNotFound as e:
+            raise RecipeError(str(e), path="dataset", file=str(p)) from None
+        except PrefdataError as e:
+            raise RecipeError(str(e), path="dataset", file=str(p)) from None
+        check_dataset(recipe, cols, file=str(p))
+    return recipe

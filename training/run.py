@@ -1,0 +1,100 @@
+"""`prefdata train RECIPE.yaml`: parse and validate the recipe, load model + tokenizer + data, make sure the
+reference log-probs exist (reference pass), build the step plan and run the loop."""
+from __future__ import annotations
+
+import gc
+import json
+from pathlib import Path
+
+import torch
+
+from prefdata.errors import PrefdataError, RecipeError
+from training.batches import RefStore
+from training.data import LIST_REF, PAIR_REF, PAIR_TOK_REF, build_train_data, open_catalog, open_dataset
+from training.loop import RunSetup, train
+from training.plan import make_plan
+from training.recipe import TrainRecipe, load_train_recipe, needs_reference
+from training.reference import ensure_reference
+
+
+def load_model(path: str, *, trust_remote_code: bool, tokenizer: str | None = None):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(tokenizer or path, trust_remote_code=trust_remote_code)
+        lm = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=trust_remote_code, dtype=torch.float32)
+    except (OSError, ValueError) as e:
+        raise RecipeError(f"cannot load {path!r}: {str(e).splitlines()[0]}", path="model") from None
+    if tok.pad_token is None:  # same choice as TRL: pad with eos (padding never reaches the loss)
+        tok.pad_token = tok.eos_token
+    return lm, tok
+
+
+def _device() -> torch.device:
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def prepare_reference(recipe: TrainRecipe, spec, ds, lm, tok, out_dir: Path):
+    """Run (or skip) the reference pass; returns the dataset carrying reference columns + a status dict."""
+    if not needs_reference(spec, recipe) or not recipe.reference.model:
+        return ds, {"status": "from dataset" if needs_reference(spec, recipe) else "not needed"}
+    same = Path(recipe.reference.model).resolve() == Path(recipe.model).resolve() \
+        if Path(recipe.model).exists() else recipe.reference.model == recipe.model
+    ref_lm = lm if same else load_model(recipe.reference.model, trust_remote_code=recipe.trust_remote_code)[0]
+    ref_lm.to(_device())
+    with torch.autocast("cuda", torch.bfloat16, enabled=torch.cuda.is_available()):
+        ds, status = ensure_reference(ds, lm=ref_lm, tokenizer=tok, model_id=recipe.reference.model,
+                                      max_length=recipe.train.max_length, device=_device(),
+                                      with_tokens="token_logps" in spec.needs, cache_dir=out_dir / "reference",
+                                      batch_size=recipe.reference.batch_size, token_budget=recipe.train.token_budget)
+    if not same:
+        del ref_lm
+        gc.collect()
+    return ds, status
+
+
+def train_from_recipe(recipe_path: str | Path, *, catalog_path: str | Path | None = None,
+                      resume: bool = False) -> dict:
+    recipe = load_train_recipe(recipe_path, catalog_path=catalog_path)
+    spec, params = recipe.loss_spec()
+    out_dir = Path(recipe.output_dir)
+    ds = open_dataset(recipe.dataset, catalog_path)
+    if recipe.make_tiny_model and not Path(recipe.model).exists():
+        from training.tiny import make_tiny_model, texts_of_table
+        make_tiny_model(recipe.model, texts_of_table(ds.table))
+    lm, tok = load_model(recipe.model, trust_remote_code=recipe.trust_remote_code, tokenizer=recipe.tokenizer)
+    ds, ref_status = prepare_reference(recipe, spec, ds, lm, tok, out_dir)
+
+    required: tuple[str, ...] = ()
+    if needs_reference(spec, recipe):
+        required = PAIR_REF if ds.kind == "pairs" else (LIST_REF,)
+        if "token_logps" in spec.needs:
+            required += PAIR_TOK_REF
+    if "rm_margin" in spec.needs:
+        required += ("margin",)
+    data = build_train_data(ds.table, tok, max_length=recipe.train.max_length, required=required)
+    if not data.groups:
+        raise PrefdataError(f"{recipe.dataset}: no trainable rows ({dict(data.dropped)})")
+    if recipe.lora is not None:
+        from peft import LoraConfig, get_peft_model
+        lm = get_peft_model(lm, LoraConfig(r=recipe.lora.r, lora_alpha=recipe.lora.alpha,
+                                           lora_dropout=recipe.lora.dropout,
+                                           target_modules=list(recipe.lora.target_modules), task_type="CAUSAL_LM"))
+    t = recipe.train
+    plan = make_plan(data.stage, batch_size=t.batch_size, grad_accum=t.grad_accum, epochs=t.epochs, seed=t.seed,
+                     curriculum=recipe.curriculum.mode, max_steps=t.max_steps)
+    log_event = None
+    if ds.name is not None:
+        cat = open_catalog(ds.catalog_path)
+
+        def log_event(kind: str, record: dict, _cat=cat, _ds=ds) -> None:
+            _cat.log_event(_ds.name, _ds.version, kind, {"dataset": _ds.ref, **record})
+
+    info = {"reference": ref_status, "rows_in": data.rows_in, "rows_trained": len(data.groups),
+            "rows_dropped": dict(data.dropped)}
+    setup = RunSetup(recipe=recipe, spec=spec, params=params, lm=lm, tokenizer=tok, data=data,
+                     ref=RefStore(data, free=not needs_reference(spec, recipe)), plan=plan, out_dir=out_dir,
+                     dataset_ref=ds.ref, resume=resume, log_event=log_event, info=info)
+    result = train(setup)
+    (out_dir / "run.json").write_text(json.dumps(result, indent=2, default=str))
+    return result
