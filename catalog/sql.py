@@ -113,6 +113,13 @@ def _resolve(cat: Catalog, ref: str) -> tuple[str, int | str | None] | None:
     return None
 
 
+def _resolve_quietly(cat: Catalog, ref: str) -> bool:
+    try:
+        return _resolve(cat, ref) is not None
+    except (InvalidName, DatasetNotFound):
+        return False
+
+
 def run_sql(cat: Catalog, query: str) -> pa.Table:
     import duckdb
 
@@ -129,6 +136,9 @@ def run_sql(cat: Catalog, query: str) -> pa.Table:
             return con.sql(query).to_arrow_table()
         except duckdb.CatalogException as e:
             missing = _missing_table(e)
+            if missing is not None and _resolve_quietly(cat, missing):
+                raise QueryError(f"write dataset names that contain '.', '-' or '@' as quoted identifiers: "
+                                 f'FROM "{missing}"') from None
             if missing is not None:
                 raise DatasetNotFound(missing, str(cat.root)) from None
             raise QueryError(_first_line(e)) from None
@@ -148,5 +158,5 @@ def _missing_table(e: Exception) -> str | None:
     msg = _first_line(e)
     marker = "Table with name "
     if marker in msg and "does not exist" in msg:
-        return msg.split(marker, 1)[1].split(" does not exist", 1)[0]
+        return msg.split(marker, 1)[1].split(" does not exist", 1)[0].strip('"')
     return None

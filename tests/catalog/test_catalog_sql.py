@@ -128,3 +128,10 @@ def test_the_connection_itself_cannot_touch_files_or_unlock(tmp_path: Path):
     with pytest.raises(duckdb.Error):
         con.sql("LOAD httpfs")
     assert not (tmp_path / "y.csv").exists()
+
+
+def test_dotted_names_need_quotes_and_say_so(cat: Catalog):
+    cat.write("uf.v2", pairs_table(3))
+    assert cat.sql('SELECT count(*) AS n FROM "uf.v2"').column("n").to_pylist() == [3]
+    with pytest.raises(QueryError, match='FROM "uf.v2"'):
+        cat.sql("SELECT count(*) FROM uf.v2")
