@@ -19,7 +19,7 @@ def finalize(df: pl.DataFrame, plan: Plan, p: Problems) -> pa.Table:
         df = _responses(df, plan, p)
     else:
         df = _pairs(df, plan, p)
-    df = df.drop([c for c in (ROW, ITEM) if c in df.columns])
+    df = df.drop([c for c in (ROW, ITEM) if c in df.columns]).rechunk()
     table = _small_types(_pack_scores(df.to_arrow()))
     table = conform(table, plan.kind)
     return validate(table, plan.kind, source=p.path)

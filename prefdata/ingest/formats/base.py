@@ -44,6 +44,12 @@ class Format:
     container: str | None = None                   # generic formats force how the file is read
 
 
+def messages_series(name: str, values: list) -> pl.Series:
+    """A list<struct<role, content>> column from Python lists of dicts (built by Arrow: much faster than
+    polars' row-wise constructor for nested values)."""
+    return pl.Series(name, pa.array(values, type=MESSAGES))
+
+
 def reject_bad_messages(df: pl.DataFrame, p: Problems, col: str) -> pl.DataFrame:
     """A message list must hold {role, content} objects with both set (an empty list is the caller's call)."""
     e = pl.element()

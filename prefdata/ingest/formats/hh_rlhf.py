@@ -11,7 +11,7 @@ import polars as pl
 import pyarrow as pa
 
 from prefdata.ingest.dialogue import parse_transcript, split_at_last_assistant
-from prefdata.ingest.formats.base import PL_MESSAGES, Format, Plan, Record, has
+from prefdata.ingest.formats.base import Format, Plan, Record, has, messages_series
 from prefdata.ingest.problems import Problems
 
 SCHEMA = pa.schema([("chosen", pa.string()), ("rejected", pa.string())])
@@ -38,7 +38,7 @@ def transform(df: pl.DataFrame, p: Problems) -> pl.DataFrame:
         messages.append(msgs)
     df = df.with_columns(pl.Series("prompt", prompts, dtype=pl.String), pl.Series("chosen", chosen, dtype=pl.String),
                          pl.Series("rejected", rejected, dtype=pl.String),
-                         pl.Series("messages", messages, dtype=PL_MESSAGES))
+                         messages_series("messages", messages))
     df = p.reject(df, pl.col("prompt").is_null(), reason="no shared dialogue prefix", column="chosen",
                   message='chosen and rejected share no dialogue prefix ending at "\\n\\nAssistant:" '
                           '(expected "\\n\\nHuman: ...\\n\\nAssistant: ..." transcripts)')

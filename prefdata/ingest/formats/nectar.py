@@ -10,7 +10,7 @@ import polars as pl
 import pyarrow as pa
 
 from prefdata.ingest.dialogue import parse_transcript
-from prefdata.ingest.formats.base import PL_MESSAGES, Format, Plan, Record, has, invalid_rank
+from prefdata.ingest.formats.base import Format, Plan, Record, has, invalid_rank, messages_series
 from prefdata.ingest.problems import Problems
 
 ANSWER = pa.struct([("answer", pa.string()), ("model", pa.string()), ("rank", pa.float64())])
@@ -20,8 +20,8 @@ SCHEMA = pa.schema([("prompt", pa.string()), ("answers", pa.list_(ANSWER)), ("go
 def transform(df: pl.DataFrame, p: Problems) -> pl.DataFrame:
     # parse each distinct prompt once, before the explode multiplies them
     prompts = df["prompt"].to_list()
-    df = df.with_columns(pl.Series("messages", [parse_transcript(t) if t is not None else None for t in prompts],
-                                   dtype=PL_MESSAGES))
+    df = df.with_columns(messages_series("messages", [parse_transcript(t) if t is not None else None
+                                                      for t in prompts]))
     df = p.explode(df, "answers")
     df = p.reject(df, pl.col("answers").is_null(), reason="no responses", column="answers[{item}]",
                   message="answer is missing (empty list or null element)")

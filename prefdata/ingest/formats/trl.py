@@ -18,7 +18,7 @@ import pyarrow as pa
 
 from prefdata.errors import IngestError
 from prefdata.ingest.dialogue import render_transcript, trl_implicit_split
-from prefdata.ingest.formats.base import MESSAGES, PL_MESSAGES, Format, Plan, Record, has, reject_bad_messages
+from prefdata.ingest.formats.base import MESSAGES, Format, Plan, Record, has, messages_series, reject_bad_messages
 from prefdata.ingest.problems import Problems
 
 
@@ -61,8 +61,7 @@ def _conversational(df: pl.DataFrame, p: Problems, explicit: bool) -> pl.DataFra
         chosen_msgs.append(c if r["chosen"] is not None else None)
         rejected_msgs.append(j if r["rejected"] is not None else None)
     df = df.with_columns(pl.int_range(pl.len()).alias("_i"),
-                         pl.Series("messages", [m if isinstance(m, list) else None for m in prompt_msgs],
-                                   dtype=PL_MESSAGES),
+                         messages_series("messages", [m if isinstance(m, list) else None for m in prompt_msgs]),
                          pl.Series("prompt", [_prompt_text(m) if m else None for m in prompt_msgs], dtype=pl.String),
                          pl.Series("chosen", [_one_message(m) for m in chosen_msgs], dtype=pl.String),
                          pl.Series("rejected", [_one_message(m) for m in rejected_msgs], dtype=pl.String))
@@ -95,7 +94,7 @@ def _unpaired(df: pl.DataFrame, p: Problems) -> pl.DataFrame:
             df = reject_bad_messages(df, p, col)
     if df.schema["prompt"] != pl.String:
         msgs = df["prompt"].to_list()
-        df = df.with_columns(pl.Series("messages", msgs, dtype=PL_MESSAGES),
+        df = df.with_columns(pl.Series("messages", msgs),
                              pl.Series("prompt", [_prompt_text(m) if m else None for m in msgs], dtype=pl.String))
     if df.schema["completion"] != pl.String:
         completions = df["completion"].to_list()
