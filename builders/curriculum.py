@@ -65,13 +65,17 @@ def _difficulty(schema: pl.Schema, cfg: CurriculumConfig) -> tuple[pl.Expr, str,
     return pl.col(cfg.by).cast(pl.Float64), cfg.by, cfg.higher_is_easier
 
 
-def _quantile_stages(df: pl.DataFrame, stages: int) -> pl.Expr:
-    """Stage from the position in the easy->hard order (`__ease` ascending = easiest first); a tie group
-    takes the stage of its middle position."""
-    n = max(df.height, 1)
-    first = pl.col("__p").min().over("__ease")
-    last = pl.col("__p").max().over("__ease")
-    return (((first + last) / 2.0) * stages / n).floor().clip(0, stages - 1).cast(pl.Int32)
+def _quantile_stages(ease: pl.Series, stages: int) -> pl.Series:
+    """Stage per pair from its place in the easy->hard order (smaller `ease` = easier). A stage depends only
+    on the value: a tie group (first..last position) takes the stage of its middle position. Computed on
+    the distinct values, so the wide pairs table is never sorted here."""
+    n = max(len(ease), 1)
+    groups = ease.value_counts(sort=False, name="cnt").sort(ease.name)
+    last = groups["cnt"].cum_sum() - 1
+    first = last - groups["cnt"] + 1
+    stage = (((first + last) / 2.0) * stages / n).floor().clip(0, stages - 1).cast(pl.Int32)
+    table = pl.DataFrame({ease.name: groups[ease.name], "stage": stage})
+    return ease.to_frame().join(table, on=ease.name, how="left", maintain_order="left")["stage"]
 
 
 def build_curriculum(frame: pl.LazyFrame, cfg: CurriculumConfig, ctx: StepContext) -> Built:
@@ -99,18 +103,20 @@ def build_curriculum(frame: pl.LazyFrame, cfg: CurriculumConfig, ctx: StepContex
         ok = ok.with_columns(stage=pl.col("__k").clip(0, n_stages - 1).cast(pl.Int32))
     else:
         n_stages = cfg.stages
-        ok = ok.sort(["__ease", ROW]).with_columns(__p=pl.int_range(pl.len()))
-        ok = ok.with_columns(stage=_quantile_stages(ok, n_stages)).sort(ROW)
+        ok = ok.with_columns(stage=_quantile_stages(ok["__ease"], n_stages))
     ok = ok.with_columns(__drop=overflow_drop)
     acct = pl.concat([df.filter(pl.col("__drop").is_not_null()).select(ROW, "__drop"), ok.select(ROW, "__drop")])
     drops = count_reasons(acct, "__drop")
-    out = ok.filter(pl.col("__drop").is_null()).sort(["stage", ROW])
-    sizes = [int(out.filter(pl.col("stage") == s).height) for s in range(n_stages)]
-    ranges = out.group_by("stage").agg(pl.col("__v").min().alias("lo"), pl.col("__v").max().alias("hi")).sort("stage")
-    cols = [c for c in df.columns if c not in (ROW, "__v", "__drop")]
+    out = ok.filter(pl.col("__drop").is_null())
+    out = out[out.select(pl.arg_sort_by("stage", ROW)).to_series()]      # one gather of the wide table
+    ranges = out.group_by("stage").agg(pl.len().alias("n"), pl.col("__v").min().alias("lo"),
+                                       pl.col("__v").max().alias("hi")).sort("stage")
+    size_of = dict(zip(ranges["stage"].to_list(), ranges["n"].to_list(), strict=True))
+    sizes = [int(size_of.get(s, 0)) for s in range(n_stages)]
+    cols = [c for c in df.columns if c not in (ROW, "__v", "__drop", "__ease", "__k")]
     out = out.select(cols)
     info = {"stages": n_stages, "stage_sizes": sizes, "by": cfg.by, "order": cfg.order,
-            "stage_ranges": {int(s): [lo, hi] for s, lo, hi in ranges.iter_rows()}}
+            "stage_ranges": {int(s): [lo, hi] for s, _, lo, hi in ranges.iter_rows()}}
     summary = " · ".join(f"stage {i}: {n:,}" for i, n in enumerate(sizes))
     return Built(out.lazy(), "pairs", drops=drops, rows_in=df.height, rows_kept=out.height, info=info,
                  summary=summary)

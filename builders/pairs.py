@@ -29,7 +29,7 @@ import polars as pl
 from pydantic import Field
 
 from builders.base import Built, StepConfig, StepContext
-from builders.rank import ROW, count_reasons, missing_reason
+from builders.rank import ROW, count_reasons, missing_reason, prompt_key
 from prefdata.errors import SchemaError
 
 Strategy = Literal["best_vs_worst", "best_vs_all", "all_pairs", "adjacent", "curry"]
@@ -101,21 +101,50 @@ def _structural(valid: pl.DataFrame, cfg: PairsConfig) -> pl.DataFrame | None:
     return None
 
 
-def _with_margins(pairs: pl.LazyFrame | pl.DataFrame, valid: pl.DataFrame):
+def _with_margins(pairs: pl.DataFrame, valid: pl.DataFrame) -> pl.DataFrame:
     sc = valid.select(pl.col(ROW).alias("c"), pl.col("score").alias("s_c"), pl.col("_pos").alias("c_pos"))
     sr = valid.select(pl.col(ROW).alias("r"), pl.col("score").alias("s_r"), pl.col("_pos").alias("r_pos"))
     return pairs.join(sc, on="c").join(sr, on="r").with_columns(
         (pl.col("s_c") - pl.col("s_r")).round(DECIMALS).alias("margin"))
 
 
+PAIR_COLS = ["_g", "c", "r", "s_c", "s_r", "c_pos", "r_pos", "margin"]
+SHIFT_MAX_GROUP = 32     # up to this many responses per prompt, all_pairs uses shifted copies, not a join
+
+
 def _all_pairs(valid: pl.DataFrame, threshold: float) -> pl.DataFrame:
+    """Every (i, j) of a prompt with round(s_i - s_j) > threshold. `valid` is sorted by prompt, so the
+    partners of a row are the rows 1..n-1 further down: one shifted copy per offset is a linear pass,
+    far cheaper than a self-join when prompts are small (the usual 2..16 responses); larger prompts
+    use the join."""
     v = valid.lazy().select("_g", ROW, "score", "_pos")
-    diff = (pl.col("score") - pl.col("score_r")).round(DECIMALS)
-    joined = v.join(v, on="_g", suffix="_r").filter(diff > threshold)
-    return joined.select("_g", pl.col(ROW).alias("c"), pl.col(f"{ROW}_r").alias("r"),
-                         pl.col("score").alias("s_c"), pl.col("score_r").alias("s_r"),
-                         pl.col("_pos").alias("c_pos"), pl.col("_pos_r").alias("r_pos"),
-                         diff.alias("margin")).collect(engine="streaming")
+    biggest = int(valid["_n"].max() or 0)
+    if biggest > SHIFT_MAX_GROUP:
+        both = v.join(v, on="_g", suffix="_d")
+        d = (pl.col("score") - pl.col("score_d")).round(DECIMALS)
+        parts = [both.filter(d > threshold).select(
+            "_g", pl.col(ROW).alias("c"), pl.col(f"{ROW}_d").alias("r"), pl.col("score").alias("s_c"),
+            pl.col("score_d").alias("s_r"), pl.col("_pos").alias("c_pos"), pl.col("_pos_d").alias("r_pos"),
+            d.alias("margin"))]
+    else:
+        parts = []
+        for off in range(1, biggest):
+            both = v.with_columns(pl.col("_g", ROW, "score", "_pos").shift(-off).name.suffix("_d")) \
+                .filter(pl.col("_g") == pl.col("_g_d"))
+            down = (pl.col("score") - pl.col("score_d")).round(DECIMALS)    # this row chosen
+            up = (pl.col("score_d") - pl.col("score")).round(DECIMALS)      # the row `off` below chosen
+            parts.append(both.filter(down > threshold).select(
+                "_g", pl.col(ROW).alias("c"), pl.col(f"{ROW}_d").alias("r"), pl.col("score").alias("s_c"),
+                pl.col("score_d").alias("s_r"), pl.col("_pos").alias("c_pos"), pl.col("_pos_d").alias("r_pos"),
+                down.alias("margin")))
+            parts.append(both.filter(up > threshold).select(
+                "_g", pl.col(f"{ROW}_d").alias("c"), pl.col(ROW).alias("r"), pl.col("score_d").alias("s_c"),
+                pl.col("score").alias("s_r"), pl.col("_pos_d").alias("c_pos"), pl.col("_pos").alias("r_pos"),
+                up.alias("margin")))
+    if not parts:
+        return pl.DataFrame(schema={c: t for c, t in zip(PAIR_COLS, [pl.UInt32, pl.UInt32, pl.UInt32, pl.Float64,
+                                    pl.Float64, pl.Int64, pl.Int64, pl.Float64], strict=True)})
+    return pl.concat(pl.collect_all(parts)).sort(["_g", "c_pos", "r_pos"])
 
 
 def _orient(pairs: pl.DataFrame) -> pl.DataFrame:
@@ -127,27 +156,28 @@ def _orient(pairs: pl.DataFrame) -> pl.DataFrame:
     return pairs.with_columns(**swap, margin=pl.col("margin").abs())
 
 
-def _select(passing: pl.DataFrame, df: pl.DataFrame, cfg: PairsConfig, seed: int) -> pl.DataFrame:
+def _select(cand: pl.DataFrame, df: pl.DataFrame, cfg: PairsConfig, seed: int) -> pl.Series:
+    """Which passing candidates are kept: all, or per prompt the first max_pairs_per_prompt by a seeded
+    random key (drawn over pairs sorted by ids) or by largest margin."""
     if cfg.max_pairs_per_prompt is None:
-        return passing.with_columns(pl.lit(True).alias("sel"))
+        return cand["pass"]
     if cfg.select == "random":
         ids = df.select(pl.col("prompt_id"), pl.col("response_id"))
-        keyed = passing.with_columns(pid=ids["prompt_id"].gather(passing["c"]),
-                                     cid=ids["response_id"].gather(passing["c"]),
-                                     rid=ids["response_id"].gather(passing["r"]))
-        key = seeded_keys(keyed, ["pid", "cid", "rid"], seed)
-        order = pl.col("_key").rank("ordinal").over("_g")
-        return passing.with_columns(_key=key).with_columns(sel=order <= cfg.max_pairs_per_prompt).drop("_key")
-    order = pl.struct(-pl.col("margin"), -pl.col("s_c"), "c_pos", "r_pos").rank("ordinal").over("_g")
-    return passing.with_columns(sel=order <= cfg.max_pairs_per_prompt)
+        keyed = cand.select(pid=ids["prompt_id"].gather(cand["c"]), cid=ids["response_id"].gather(cand["c"]),
+                            rid=ids["response_id"].gather(cand["r"]))
+        cand = cand.with_columns(_key=seeded_keys(keyed, ["pid", "cid", "rid"], seed))
+    else:
+        cand = cand.with_columns(_key=pl.struct(-pl.col("margin"), -pl.col("s_c"), "c_pos", "r_pos"))
+    order = pl.when(pl.col("pass")).then(pl.col("_key")).rank("ordinal").over("_g")
+    return cand.select(pl.col("pass") & (order <= cfg.max_pairs_per_prompt).fill_null(False)).to_series()
 
 
-def _response_flags(pairs: pl.DataFrame, tie_eps: float) -> pl.DataFrame:
-    """Per response row: in a selected pair, in a passing pair, in a non-tied candidate pair."""
-    cols = [pl.col("sel"), pl.col("pass"), (pl.col("margin") > tie_eps).alias("nontie")]
-    long = pl.concat([pairs.select(pl.col("c").alias(ROW), *cols), pairs.select(pl.col("r").alias(ROW), *cols)])
-    return long.group_by(ROW).agg(pl.col("sel").any(), pl.col("pass").any(), pl.col("nontie").any(),
-                                  pl.lit(True).alias("cand"))
+def _mark(n: int, where: np.ndarray, rows: list[np.ndarray]) -> np.ndarray:
+    """Boolean per valid response: appears in one of the given candidate pairs (vectorized scatter)."""
+    flag = np.zeros(n, dtype=bool)
+    for r in rows:
+        flag[where[r]] = True
+    return flag
 
 
 def pair_output(df: pl.DataFrame, sel: pl.DataFrame, strategy: str) -> pl.DataFrame:
@@ -178,21 +208,31 @@ def build_pairs(frame: pl.LazyFrame, cfg: PairsConfig, ctx: StepContext) -> Buil
     seed = ctx.seed if cfg.seed is None else cfg.seed
     t = max(cfg.min_margin, cfg.tie_eps)
 
-    reason = missing_reason({"score": pl.col("score").cast(pl.Float64)})
-    if cfg.drop_duplicate_texts:
-        dup = pl.col(ROW).rank("ordinal").over(["prompt_id", "response"]) > 1
+    reason = missing_reason({"score": pl.col("score")})
+    if cfg.drop_duplicate_texts:   # among scored rows only: an unscored copy must not shadow a scored one
+        dup = ~pl.struct("prompt_id", "response", reason.is_null()).is_first_distinct()
         reason = pl.when(reason.is_null() & dup).then(pl.lit("duplicate response text")).otherwise(reason)
     df = frame.with_columns(pl.col("score").cast(pl.Float64)).with_row_index(ROW).with_columns(
         reason.alias("__drop")).collect()
+    drops = count_reasons(df, "__drop")
 
-    valid = (df.lazy().filter(pl.col("__drop").is_null()).select(ROW, "prompt_id", "response_id", "score")
-             .with_columns(_g=pl.col(ROW).min().over("prompt_id"),        # prompt key = its first row
-                           _n=pl.len().over("prompt_id"),
-                           _pos=(pl.col(ROW).rank("ordinal").over("prompt_id") - 1),
-                           _max=pl.col("score").max().over("prompt_id"),
-                           _min=pl.col("score").min().over("prompt_id"))
-             .filter(pl.col("_n") >= 2)
-             .collect())
+    # narrow per-response table, sorted by prompt (then input order): all pairing works on it
+    valid = df.filter(pl.col("__drop").is_null()).select(ROW, "prompt_id", "response_id", "score")
+    valid = valid.with_columns(_g=prompt_key(valid))
+    if not valid["_g"].is_sorted():
+        valid = valid.sort(["_g", ROW])
+    stats = valid.group_by("_g").agg(_max=pl.col("score").max(), _min=pl.col("score").min()).sort("_g")
+    idx = pl.int_range(pl.len(), dtype=pl.Int64)
+    new = pl.col("_g").ne_missing(pl.col("_g").shift())
+    last = pl.col("_g").ne_missing(pl.col("_g").shift(-1))
+    valid = valid.with_columns(_start=pl.when(new).then(idx).forward_fill(),
+                               _end=pl.when(last).then(idx).backward_fill()).with_columns(
+        _pos=idx - pl.col("_start"), _n=pl.col("_end") - pl.col("_start") + 1,
+        _max=stats["_max"].gather(valid["_g"]), _min=stats["_min"].gather(valid["_g"]))
+    lonely = int((valid["_n"] < 2).sum())
+    if lonely:
+        drops["prompt has < 2 responses"] = lonely
+    valid = valid.filter(pl.col("_n") >= 2).drop("_start", "_end")
     if cfg.tie_break == "seeded":
         valid = valid.with_columns(_tb=seeded_keys(valid, ["prompt_id", "response_id"], seed))
     else:
@@ -203,9 +243,7 @@ def build_pairs(frame: pl.LazyFrame, cfg: PairsConfig, ctx: StepContext) -> Buil
         cand = _all_pairs(valid, t).with_columns(pl.lit(True).alias("pass"))
     else:
         cand = _orient(_with_margins(structural, valid)).with_columns((pl.col("margin") > t).alias("pass"))
-    passing = _select(cand.filter(pl.col("pass")), df, cfg, seed)
-    cand = cand.join(passing.select("c", "r", "sel"), on=["c", "r"], how="left") \
-        .with_columns(pl.col("sel").fill_null(False))
+    cand = cand.with_columns(sel=_select(cand, df, cfg, seed))
 
     if cfg.strategy == "curry":   # easy (large gap) first; the chosen score breaks gap ties
         order = ["_g", "margin", "s_c", "c_pos", "r_pos"], [False, True, True, False, False]
@@ -214,12 +252,19 @@ def build_pairs(frame: pl.LazyFrame, cfg: PairsConfig, ctx: StepContext) -> Buil
     sel = cand.filter(pl.col("sel")).sort(order[0], descending=order[1])
     out = pair_output(df, sel, cfg.strategy)
 
-    # ---- accounting: one reason per input response
-    flags = _response_flags(cand, cfg.tie_eps)
+    # ---- accounting: one reason per input response (scatter pair membership onto the valid rows)
+    where = np.full(df.height, -1, dtype=np.int64)
+    where[valid[ROW].to_numpy()] = np.arange(valid.height)
+
+    def member(mask: pl.Expr) -> np.ndarray:
+        part = cand.filter(mask)
+        return _mark(valid.height, where, [part["c"].to_numpy(), part["r"].to_numpy()])
+
+    flags = pl.DataFrame({"sel": member(pl.col("sel")), "pass": member(pl.col("pass")),
+                          "nontie": member(pl.col("margin") > cfg.tie_eps), "cand": member(pl.lit(True))})
     tied_all = (((pl.col("_max") - pl.col("score")).round(DECIMALS) <= cfg.tie_eps)
                 & ((pl.col("score") - pl.col("_min")).round(DECIMALS) <= cfg.tie_eps))
-    per = valid.select(ROW, tied_all.alias("tied_all")).join(flags, on=ROW, how="left").with_columns(
-        pl.col("sel", "pass", "nontie", "cand").fill_null(False))
+    per = pl.concat([valid.select(tied_all.alias("tied_all")), flags], how="horizontal")
     if structural is None:   # all_pairs: every response is a candidate; a non-tied one has a non-tied pair
         per = per.with_columns(cand=pl.lit(True), nontie=~pl.col("tied_all"))
     why = (pl.when(pl.col("sel")).then(pl.lit(None, pl.String))
@@ -228,21 +273,19 @@ def build_pairs(frame: pl.LazyFrame, cfg: PairsConfig, ctx: StepContext) -> Buil
            .when(pl.col("pass")).then(pl.lit("not selected (max_pairs_per_prompt)"))
            .when(pl.col("nontie")).then(pl.lit("below min_margin"))
            .otherwise(pl.lit("tied with its candidate partners")))
-    per = per.select(ROW, why.alias("why"), pl.lit(True).alias("paired_prompt"))
-    acct = df.select(ROW, "__drop").join(per, on=ROW, how="left").with_columns(
-        pl.coalesce("__drop", pl.when(pl.col("paired_prompt").is_null())
-                    .then(pl.lit("prompt has < 2 responses")).otherwise(pl.col("why"))).alias("reason"))
-    drops = count_reasons(acct, "reason")
+    drops = dict(sorted({**drops, **count_reasons(per.select(why.alias("why")), "why")}.items()))
     rows_kept = df.height - sum(drops.values())
 
-    prompts = df.select(pl.col("prompt_id").n_unique()).item()
-    with_pair = out.select(pl.col("prompt_id").n_unique()).item() if out.height else 0
-    all_tied = valid.filter((pl.col("_max") - pl.col("_min")).round(DECIMALS) <= cfg.tie_eps).select(pl.col("_g").n_unique()).item()
+    prompts = int(df["prompt_id"].n_unique())
+    with_pair = int(sel["_g"].n_unique())
+    spread = (stats["_max"] - stats["_min"]).round(DECIMALS)
+    all_tied = int(stats.filter(pl.Series(spread <= cfg.tie_eps)).join(
+        valid.select("_g").unique(), on="_g", how="semi").height)
     info = {"pairs": out.height, "prompts": prompts, "prompts_with_pairs": with_pair,
             "prompts_without_pair": prompts - with_pair, "prompts_all_tied": all_tied,
             "responses_in_pairs": rows_kept,
             "margin_mean": float(out["margin"].mean()) if out.height else None,
-            "max_pairs_in_a_prompt": int(out.group_by("prompt_id").len()["len"].max()) if out.height else 0}
+            "max_pairs_in_a_prompt": int(sel.group_by("_g").len()["len"].max()) if out.height else 0}
     summary = f"{out.height:,} pairs from {with_pair:,} prompts"
     if prompts - with_pair:
         summary += f" · {prompts - with_pair:,} prompts without a pair ({all_tied:,} all tied)"

@@ -54,6 +54,37 @@ class RankConfig(StepConfig):
         return f"by {', '.join(self.by)} ({self.aggregate})"
 
 
+def prompt_key(df: pl.DataFrame, col: str = "prompt_id") -> pl.Series:
+    """Dense UInt32 prompt index (0, 1, ...) in order of first appearance. Integer keys make every later
+    per-prompt operation cheap; the usual input (every ingest format) has each prompt's rows contiguous,
+    where a run-length id is exact and needs no hashing of strings beyond one distinct count."""
+    if df.height == 0:
+        return pl.Series("__g", [], pl.UInt32)
+    runs = df.select(pl.col(col).rle_id()).to_series()
+    if runs[-1] + 1 == df[col].n_unique():
+        return runs.alias("__g").cast(pl.UInt32)
+    first = df.select(col).with_row_index("__i").select(pl.col("__i").min().over(col)).to_series()
+    return (first.rank("dense") - 1).alias("__g").cast(pl.UInt32)
+
+
+def segment_rank(g: pl.Series, value: pl.Series, *, descending: bool, method: str = "min") -> pl.Series:
+    """Rank of `value` within each group `g`, in input order, without a window over many small groups
+    (polars' rank().over() is slow for 10^5+ groups): one narrow sort, then run boundaries.
+    method "min": 1 + number strictly better (ties share); "average": mean position of the tie run."""
+    idx = pl.int_range(pl.len(), dtype=pl.Int64)
+    t = pl.DataFrame({"g": g, "v": value}).with_row_index("i").sort(["g", "v"], descending=[False, descending])
+    new_g = pl.col("g").ne_missing(pl.col("g").shift())
+    new_t = new_g | pl.col("v").ne_missing(pl.col("v").shift())
+    t = t.with_columns(gs=pl.when(new_g).then(idx).forward_fill(), ts=pl.when(new_t).then(idx).forward_fill())
+    if method == "min":
+        r = pl.col("ts") - pl.col("gs") + 1
+    else:
+        end_t = new_t.shift(-1, fill_value=True)
+        te = pl.when(end_t).then(idx).backward_fill()
+        r = (pl.col("ts") + te) / 2.0 - pl.col("gs") + 1
+    return t.with_columns(r=r).sort("i")["r"]
+
+
 def criterion_expr(name: str, schema: pl.Schema) -> pl.Expr:
     """The value of one criterion, oriented so that higher is better. Missing column -> SchemaError."""
     if name in ("score", "rank"):
@@ -117,7 +148,8 @@ def build_rank(frame: pl.LazyFrame, cfg: RankConfig, ctx: StepContext) -> Built:
     if cfg.missing == "error":
         raise_on_missing(marked, "__drop", "rank")
     drops = count_reasons(marked, "__drop")
-    valid_per_prompt = marked.group_by("prompt_id").agg(pl.col("__drop").is_null().sum().alias("n"))
+    valid_per_prompt = pl.DataFrame({"g": prompt_key(marked), "ok": marked["__drop"].is_null()}) \
+        .group_by("g").agg(pl.col("ok").sum().alias("n"))
     prompts_lt2 = int((valid_per_prompt["n"] < 2).sum())
 
     kept = marked.filter(pl.col("__drop").is_null())
@@ -133,19 +165,22 @@ def build_rank(frame: pl.LazyFrame, cfg: RankConfig, ctx: StepContext) -> Built:
         z = [pl.when(c.std(ddof=0) > 0).then((c - c.mean()) / c.std(ddof=0)).otherwise(0.0) for c in cols]
         agg = pl.sum_horizontal(z) / len(z)
     else:  # borda: points = responses beaten in the same prompt, a tie counts half
-        pts = [c.rank("average").over("prompt_id") - 1.0 for c in cols]
-        agg = pl.sum_horizontal(pts) / len(pts)
+        g = prompt_key(kept)
+        kept = kept.with_columns(*(segment_rank(g, kept[c], descending=False, method="average")
+                                   .alias(c) for c in crit))
+        agg = pl.sum_horizontal(cols) / len(cols) - 1.0
 
     extra = []
     if "score" in schema and "score" not in cfg.by:
         extra.append(pl.col("score").cast(pl.Float64).alias("score_input"))   # keep the source's overall score
     if "rank" in schema and "rank" not in cfg.by:
         extra.append(pl.col("rank").alias("rank_input"))
-    out = (kept.with_columns(*extra)
-           .with_columns(agg.cast(pl.Float64).alias("score"))
-           .with_columns(pl.col("score").rank("min", descending=True).over("prompt_id").cast(pl.Int32).alias("rank"))
-           .drop([ROW, "__drop", *crit]))
-    tied = out.group_by("prompt_id").agg((pl.len() >= 2) & (pl.col("score").n_unique() == 1)).to_series(1).sum()
+    out = kept.with_columns(*extra).with_columns(agg.cast(pl.Float64).alias("score")).drop([ROW, "__drop", *crit])
+    g = prompt_key(out)
+    out = out.with_columns(segment_rank(g, out["score"], descending=True).cast(pl.Int32).alias("rank"))
+    per = pl.DataFrame({"g": g, "s": out["score"]}).group_by("g").agg(
+        n=pl.len(), lo=pl.col("s").min(), hi=pl.col("s").max())
+    tied = per.filter((pl.col("n") >= 2) & (pl.col("lo") == pl.col("hi"))).height
     info = {"by": list(cfg.by), "aggregate": cfg.aggregate, "prompts": valid_per_prompt.height,
             "prompts_lt2": prompts_lt2, "prompts_all_tied": int(tied)}
     dropped = sum(drops.values())

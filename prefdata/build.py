@@ -169,7 +169,11 @@ def run_step(step: RecipeStep, frame: pl.LazyFrame, kind: str, ctx: StepContext,
         raise AccountingError(f"{step.yaml_path}: rows_in {rows_in} != rows_kept {rows_kept} + dropped {dropped} "
                               f"{built.drops}")
     try:
-        table = validate(conform(df.to_arrow(), built.kind), built.kind)
+        table = df.to_arrow()
+        try:       # exact types already: validating is enough (conform would copy every string column)
+            validate(table, built.kind)
+        except SchemaError:
+            table = validate(conform(table, built.kind), built.kind)
     except SchemaError as e:
         raise SchemaError(f"{step.yaml_path} output: {e}", column=e.column, expected=e.expected) from None
     report = StepReport(step.name, _label(step), step.config.model_dump(mode="json"), built.kind, rows_in,

@@ -148,3 +148,22 @@ def test_negative_margin_is_rejected_at_parse_time():
         PairsConfig(min_margin=-1)
     with pytest.raises(ValidationError, match="Input should be"):
         PairsConfig(strategy="random")
+
+
+@pytest.mark.parametrize("strategy", ["best_vs_worst", "best_vs_all", "all_pairs", "adjacent", "curry"])
+def test_interleaved_prompts_give_the_same_pairs(ctx, strategy):
+    # distinct scores: with ties, `tie_break: index` rightly depends on the input order
+    df = responses({"p": [3, 1, 2, 2.5, 5], "q": [1, 4, 4.5], "r": [7]})
+    mixed = df.sample(fraction=1.0, shuffle=True, seed=11)
+    cfg = PairsConfig(strategy=strategy)
+    a = build_pairs(df.lazy(), cfg, ctx)
+    b = build_pairs(mixed.lazy(), cfg, ctx)
+    assert sorted(pair_ids(check(a, 9))) == sorted(pair_ids(check(b, 9)))
+    assert a.drops == b.drops
+
+
+def test_large_prompts_use_the_join_path(ctx):
+    df = responses({"big": list(range(40)), "small": [1, 0]})
+    out = check(build_pairs(df.lazy(), PairsConfig(min_margin=10), ctx), 42)
+    assert out.height == sum(1 for i in range(40) for j in range(40) if i - j > 10) + 0
+    assert out.filter(pl.col("prompt_id") == "big")["margin"].min() == 11.0

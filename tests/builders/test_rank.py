@@ -110,3 +110,10 @@ def test_unknown_criterion_is_a_schema_error(ctx):
 def test_config_is_validated(kwargs, msg):
     with pytest.raises(ValidationError, match=msg):
         RankConfig(**kwargs)
+
+
+def test_interleaved_prompts_rank_within_their_prompt(ctx):
+    df = responses({"p": [1, 3, 2], "q": [5, 5]}).sample(fraction=1.0, shuffle=True, seed=5)
+    out = check(build_rank(df.lazy(), RankConfig(), ctx), 5)
+    got = dict(zip(out["response_id"].to_list(), out["rank"].to_list(), strict=True))
+    assert got == {"p:0": 3, "p:1": 1, "p:2": 2, "q:0": 1, "q:1": 1}
