@@ -5,12 +5,22 @@ A format is a candidate when it matches every peeked record. Where one candidate
 candidate, or several unrelated ones, is a FormatError that says what was seen and asks for --format."""
 from __future__ import annotations
 
-from prefdata.errors import FormatError
+from pathlib import Path
+
+from prefdata.errors import FormatError, IngestError
 from prefdata.ingest.formats.base import Record
 from prefdata.ingest.registry import FORMATS
 
 
-def detect_format(records: list[Record], *, source: str = "input") -> str:
+def detect_format(records: list[Record] | str | Path, *, source: str = "input") -> str:
+    """Format name for a file/folder path, or for already-read first records."""
+    if isinstance(records, str | Path):
+        from prefdata.ingest.readers import container_of, peek
+
+        path = Path(records)
+        if not path.exists():
+            raise IngestError(str(path), "no such file or folder")
+        source, records = str(path), peek(path, container_of(path))
     if not records:
         raise FormatError(f"{source}: no readable records to detect the format from; pass --format")
     candidates = [f for f in FORMATS.values() if f.matches is not None and all(f.matches(r) for r in records)]

@@ -15,7 +15,7 @@ from prefdata.ingest.readers import container_of, peek
     (DATA / "nectar_sample.jsonl", "nectar"), (DATA / "helpsteer2_sample.jsonl", "helpsteer2"),
     (DATA / "pick_a_pic_sample.parquet", "pick-a-pic")])
 def test_detects_each_bundled_sample(path, name):
-    assert detect_format(peek(path, container_of(path))) == name
+    assert detect_format(peek(path, container_of(path))) == name == detect_format(path) == detect_format(str(path))
 
 
 def test_hh_refines_trl_implicit():
