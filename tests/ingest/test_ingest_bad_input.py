@@ -189,3 +189,25 @@ def test_form_change_midway_is_mistyped(jsonl):
     with pytest.raises(IngestError) as e:
         read_source(path)
     assert (e.value.row, e.value.column) == (2, "chosen") and "expected a string, got list" in str(e.value)
+
+
+def test_duplicate_pair_names_both_rows(jsonl):
+    row = {"prompt": "p", "chosen": "a", "rejected": "b"}
+    path = jsonl([row, {"prompt": "p", "chosen": "a", "rejected": "c"}, row])
+    with pytest.raises(IngestError, match=r"in\.jsonl:3: duplicate pair .* first seen at row 1"):
+        read_source(path)
+    assert _accounted(read_source(path, on_error="drop")).drops == {"duplicate pair": 1}
+
+
+def test_crlf_bom_and_json_array_containers(tmp_path):
+    import json
+    rows = [hs2_row("p", "a"), hs2_row("p", "b", h="x")]
+    crlf = tmp_path / "crlf.jsonl"
+    crlf.write_bytes(b"\xef\xbb\xbf" + b"".join(json.dumps(r).encode() + b"\r\n" for r in rows))
+    with pytest.raises(IngestError) as e:
+        read_source(crlf)
+    assert (e.value.row, e.value.column) == (2, "helpfulness")
+    arr = tmp_path / "rows.json"
+    arr.write_text(json.dumps([hs2_row("p", "a"), hs2_row("p", "b")]))
+    res = read_source(arr)
+    assert (res.format, res.info["container"], res.rows_kept) == ("helpsteer2", "json", 2)
