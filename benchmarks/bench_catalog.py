@@ -1,7 +1,7 @@
 """Catalog benchmark: prints ONE JSON line.
 
   sql_groupby_s      SELECT stage, count(*), avg(margin) ... GROUP BY stage over a 1M-row pairs-like dataset
-                     (median of 3), with the process RSS growth during the query
+                     (median of 3), with the peak RSS growth during the queries next to the table's Arrow size
   append_s           appending 10k rows to the 1M-row dataset (lock, hash of the tail block + new rows, new
                      data file, commit), and whether any existing data file changed (it must not)
   read_old_version_s reading version 1 (1M rows) after the append, full table and one column
@@ -11,6 +11,7 @@ usage: python benchmarks/bench_catalog.py [--rows 1000000] [--append-rows 10000]
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -18,6 +19,7 @@ import shutil
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -60,6 +62,36 @@ def data_files(cat: Catalog, name: str) -> dict[str, tuple[int, int]]:
     return {p.name: (p.stat().st_mtime_ns, p.stat().st_size) for p in (Path(cat.uri(name)) / "data").iterdir()}
 
 
+class PeakRss:
+    """Samples this process's RSS every 2 ms in a thread: peak growth over the value at entry."""
+
+    def __init__(self) -> None:
+        self.proc, self.stop, self.peak = psutil.Process(), threading.Event(), 0
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            self.peak = max(self.peak, self.proc.memory_info().rss)
+            time.sleep(0.002)
+
+    def __enter__(self) -> PeakRss:
+        self.base = self.peak = self.proc.memory_info().rss
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join()
+        self.growth_mb = (self.peak - self.base) / 2**20
+
+
+def write_base(cat: Catalog, rows: int) -> tuple[float, float, int, float]:
+    table = pairs_like(rows, seed=0)  # local, so it is freed before the query is measured
+    hash_s, _ = timed(lambda: content_hash(table))
+    write_s, v1 = timed(lambda: cat.write("bench-pairs", table, message="1M pairs", mode="overwrite"))
+    return hash_s, write_s, v1, table.nbytes / 2**20
+
+
 def timed(fn, repeat: int = 1) -> tuple[float, object]:
     times, out = [], None
     for _ in range(repeat):
@@ -79,15 +111,12 @@ def main() -> None:
     root = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="bench_catalog_"))
     try:
         cat = Catalog.open(root)
-        table = pairs_like(args.rows, seed=0)
-        hash_s, _ = timed(lambda: content_hash(table))
-        write_s, v1 = timed(lambda: cat.write("bench-pairs", table, message="1M pairs", mode="overwrite"))
+        hash_s, write_s, v1, table_mb = write_base(cat, args.rows)
+        gc.collect()
 
         query = 'SELECT stage, count(*) AS n, avg(margin) AS avg_margin FROM "bench-pairs" GROUP BY stage ORDER BY 1'
-        proc = psutil.Process()
-        rss0 = proc.memory_info().rss
-        sql_s, result = timed(lambda: cat.sql(query), repeat=3)
-        sql_rss_mb = (proc.memory_info().rss - rss0) / 2**20
+        with PeakRss() as peak:
+            sql_s, result = timed(lambda: cat.sql(query), repeat=3)
         assert sum(result.column("n").to_pylist()) == args.rows
 
         before = data_files(cat, "bench-pairs")
@@ -104,7 +133,8 @@ def main() -> None:
         print(json.dumps({
             "bench": "catalog", "rows": args.rows, "append_rows": args.append_rows,
             "write_s": round(write_s, 3), "content_hash_s": round(hash_s, 3),
-            "sql_groupby_s": round(sql_s, 4), "sql_rss_growth_mb": round(sql_rss_mb, 1),
+            "sql_groupby_s": round(sql_s, 4), "sql_peak_rss_growth_mb": round(peak.growth_mb, 1),
+            "table_arrow_mb": round(table_mb, 1),
             "append_s": round(append_s, 3), "append_version": v2,
             "existing_files_before_append": len(before), "existing_files_rewritten": len(rewritten),
             "new_files_after_append": len(set(after) - set(before)),
