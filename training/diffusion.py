@@ -1,0 +1,383 @@
+"""Diffusion-DPO family trainer: Diffusion-DPO (paper and script forms), SmPO smoothed preferences, DCPO dual
+captions (images) and DenseDPO segment-masked loss (video), on diffusers UNet denoisers.
+
+Per pair (methods.md §5): one timestep t and one noise ε shared by winner and loser; the per-example denoising
+error e = mean_{C,H,W} ‖target − model(x_t, t, c)‖² for the policy and the reference; the loss comes from
+`training.losses.LOSSES` (never re-implemented here). DCPO conditions the loser on its own caption c^l;
+DenseDPO keeps per-frame errors and averages them inside each labelled segment. The reference is a frozen
+copy of the denoiser, or, with LoRA, the same denoiser with its adapters disabled (one model in memory).
+Checkpoints, resume and metrics.jsonl follow the text loop (its helpers are reused)."""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import shutil
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Literal
+
+import torch
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from prefdata.errors import RecipeError, SchemaError
+from training.data import open_dataset
+from training.diffusion_data import MediaPaths, image_tensor, require_columns, segment_mask, video_tensor
+from training.loop import _checkpoints, _peak_memory_mb, _precision, _truncate_metrics
+from training.losses import DiffusionBatch, LossOut, resolve_loss
+
+
+class _S(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class DenoiserSection(_S):
+    kind: Literal["unet2d", "unet3d"] = "unet2d"
+    path: str | None = None            # diffusers folder (from_pretrained; a local path works offline)
+    subfolder: str | None = None       # e.g. "unet" inside a pipeline folder
+    config: dict | None = None         # or a config dict: random init (tests, from-scratch runs)
+
+    @model_validator(mode="after")
+    def _one(self):
+        if (self.path is None) == (self.config is None):
+            raise ValueError("give exactly one of denoiser.path or denoiser.config")
+        return self
+
+
+class TextEncoderSection(_S):
+    path: str                          # transformers AutoModel + AutoTokenizer folder; frozen
+    max_length: int = Field(32, ge=1)
+
+
+class DataSection(_S):
+    resolution: int = Field(32, ge=8)
+    num_frames: int = Field(8, ge=1)           # video: frames fed to the denoiser
+    frame_stride: int = Field(1, ge=1)         # video: take every k-th source frame
+    temporal_factor: int = Field(1, ge=1)      # frames per latent frame (temporal VAE); 1 in pixel space
+    media_root: str | None = None              # where media/<sha> URIs live (default: catalog dir / file dir)
+    base_dir: str | None = None                # other relative URIs (default: same as media_root)
+    alpha_column: str | None = None            # SmPO: per-pair smoothed preference α
+
+
+class LoraSection(_S):
+    r: int = Field(4, ge=1)
+    alpha: float = Field(4.0, gt=0)
+    target_modules: list[str] = Field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
+
+
+class TrainSection(_S):
+    batch_size: int = Field(4, ge=1)
+    lr: float = Field(1e-5, gt=0)
+    max_steps: int = Field(10, ge=1)
+    seed: int = 0
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    num_train_timesteps: int = Field(1000, ge=1)
+    prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
+    save_every: int = Field(0, ge=0)
+    log_every: int = Field(1, ge=1)
+
+
+class DiffusionRecipe(_S):
+    denoiser: DenoiserSection
+    text_encoder: TextEncoderSection
+    dataset: str                       # catalog name[@version] or a parquet/Arrow file
+    catalog: str | None = None
+    loss: dict
+    output_dir: str
+    vae: str | None = None             # AutoencoderKL folder; None = pixel space
+    data: DataSection = DataSection()
+    train: TrainSection = TrainSection()
+    lora: LoraSection | None = None
+
+    @model_validator(mode="after")
+    def _loss(self):
+        spec, _ = self.loss_spec()
+        if spec.kind != "diffusion":
+            raise ValueError(f"loss {self.loss.get('name')!r} is a {spec.kind} loss; diffusion training needs one "
+                             "of the diffusion losses (diffusion_dpo_*, dcpo, smpo_diffusion, densedpo_segment_mean)")
+        video = "segments" in spec.needs
+        if video != (self.denoiser.kind == "unet3d"):
+            raise ValueError("densedpo_segment_mean needs a video denoiser (kind unet3d) and the image losses a 2D one")
+        return self
+
+    def loss_spec(self):
+        return resolve_loss(self.loss.get("name"), {k: v for k, v in self.loss.items() if k != "name"})
+
+    def config_hash(self) -> str:
+        return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+
+
+def load_diffusion_recipe(path: str | Path) -> DiffusionRecipe:
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+        return DiffusionRecipe.model_validate(data)
+    except FileNotFoundError:
+        raise RecipeError("recipe file not found", file=str(path)) from None
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise RecipeError(err["msg"], path=".".join(map(str, err["loc"])) or None, file=str(path)) from None
+
+
+# ---------------------------------------------------------------- the math of one pair batch
+
+def denoising_errors(model, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, cond: torch.Tensor,
+                     scheduler, *, per_frame: bool = False) -> torch.Tensor:
+    """Per-example MSE over (C,H,W) — [N] for images, [N, F] per frame for video ([N,C,F,H,W])."""
+    noisy = scheduler.add_noise(x0, noise, t)
+    target = noise if scheduler.config.prediction_type == "epsilon" else scheduler.get_velocity(x0, noise, t)
+    err = (model(noisy, t, encoder_hidden_states=cond).sample.float() - target.float()) ** 2
+    return err.mean(dim=(1, 3, 4)) if per_frame else err.mean(dim=tuple(range(1, err.ndim)))
+
+
+@contextmanager
+def _adapters_off(model):
+    model.disable_adapters()
+    try:
+        yield
+    finally:
+        model.enable_adapters()
+
+
+def pair_batch(policy, reference, x_w, x_l, c_w, c_l, t, noise, scheduler, *, seg_mask=None, seg_pref=None,
+               alpha=None) -> DiffusionBatch:
+    """Winner and loser share t and ε and go through the denoiser in one forward. `reference=None` means the
+    policy with its LoRA adapters disabled. `seg_mask` [B,S,F]: DenseDPO segments over model frames."""
+    b = x_w.shape[0]
+    x, n = torch.cat([x_w, x_l]), torch.cat([noise, noise])
+    tt, c = torch.cat([t, t]), torch.cat([c_w, c_l])
+    video = seg_mask is not None
+    pol = denoising_errors(policy, x, n, tt, c, scheduler, per_frame=video)
+    with torch.no_grad():
+        if reference is None:
+            with _adapters_off(getattr(policy, "module", policy)):   # unwrap DDP to reach the adapters
+                ref = denoising_errors(policy, x, n, tt, c, scheduler, per_frame=video)
+        else:
+            ref = denoising_errors(reference, x, n, tt, c, scheduler, per_frame=video)
+    if not video:
+        return DiffusionBatch(mse_pol_w=pol[:b], mse_pol_l=pol[b:], mse_ref_w=ref[:b], mse_ref_l=ref[b:], alpha=alpha)
+    m = torch.cat([seg_mask, seg_mask]).to(pol.dtype)
+    seg = lambda e: (e[:, None, :] * m).sum(-1) / m.sum(-1).clamp(min=1)  # noqa: E731  [2B, S]
+    sp, sr = seg(pol), seg(ref)
+    # every segment that maps to no model frame is a tie: it must not contribute
+    pref = torch.where(seg_mask.sum(-1) > 0, seg_pref, torch.zeros_like(seg_pref))
+    return DiffusionBatch(seg_mse_pol_w=sp[:b], seg_mse_pol_l=sp[b:], seg_mse_ref_w=sr[:b], seg_mse_ref_l=sr[b:],
+                          seg_pref=pref, mse_pol_w=pol[:b].mean(-1), mse_pol_l=pol[b:].mean(-1),
+                          mse_ref_w=ref[:b].mean(-1), mse_ref_l=ref[b:].mean(-1))
+
+
+# ---------------------------------------------------------------- models and data
+
+def build_denoiser(sec: DenoiserSection):
+    from diffusers import UNet2DConditionModel, UNet3DConditionModel
+    cls = UNet3DConditionModel if sec.kind == "unet3d" else UNet2DConditionModel
+    if sec.config is not None:
+        return cls(**sec.config)
+    return cls.from_pretrained(sec.path, subfolder=sec.subfolder)
+
+
+class TextEncoder:
+    """Frozen text encoder; embeddings cached per string (captions repeat across pairs and epochs)."""
+
+    def __init__(self, sec: TextEncoderSection, device):
+        from transformers import AutoModel, AutoTokenizer
+        self.tok = AutoTokenizer.from_pretrained(sec.path)
+        self.model = AutoModel.from_pretrained(sec.path).eval().to(device).requires_grad_(False)
+        self.max_length, self.device, self.cache = sec.max_length, device, {}
+
+    @torch.no_grad()
+    def __call__(self, texts: list[str]) -> torch.Tensor:
+        todo = [s for s in dict.fromkeys(texts) if s not in self.cache]
+        if todo:
+            enc = self.tok(todo, padding="max_length", truncation=True, max_length=self.max_length,
+                           return_tensors="pt").to(self.device)
+            for s, h in zip(todo, self.model(**enc).last_hidden_state, strict=True):
+                self.cache[s] = h
+        return torch.stack([self.cache[s] for s in texts])
+
+
+class PairData:
+    """Rows of a pairs table with the columns the loss needs; pixels decoded per batch (not held in RAM)."""
+
+    def __init__(self, recipe: DiffusionRecipe, spec):
+        ds = open_dataset(recipe.dataset, recipe.catalog)
+        self.ref = ds.ref
+        t = ds.table
+        cols = t.column_names
+        self.video = "segments" in spec.needs
+        self.dcpo = recipe.loss.get("name") == "dcpo"
+        need = ["prompt"] + (["video_chosen", "video_rejected", "segment_pref", "segment_frames"] if self.video
+                             else ["images"]) + (["caption_rejected"] if self.dcpo else [])
+        if recipe.data.alpha_column:
+            need.append(recipe.data.alpha_column)
+        require_columns(cols, need, f"loss {recipe.loss.get('name')!r}")
+        root = Path(recipe.data.media_root or ds.catalog_path or Path(ds.path or ".").parent)
+        self.paths = MediaPaths(root, Path(recipe.data.base_dir) if recipe.data.base_dir else root)
+        rows = t.select(need + (["caption"] if "caption" in cols else [])).to_pylist()
+        self.rows, self.dropped = [], 0
+        for r in rows:
+            ok = all(r.get(c) is not None for c in need) and (self.video or len(r["images"]) == 2)
+            if ok:
+                self.rows.append(r)
+            else:
+                self.dropped += 1
+        if not self.rows:
+            raise SchemaError(f"dataset {ds.ref} has no usable pairs ({self.dropped} rows lack {need})")
+        self.d, self.alpha_col = recipe.data, recipe.data.alpha_column
+
+    def __len__(self):
+        return len(self.rows)
+
+    def batch(self, idx: list[int]) -> dict:
+        rows, d = [self.rows[i] for i in idx], self.d
+        out = {"c_w": [r.get("caption") or r["prompt"] for r in rows]}
+        out["c_l"] = [r["caption_rejected"] for r in rows] if self.dcpo else out["c_w"]
+        if self.alpha_col:
+            out["alpha"] = torch.tensor([float(r[self.alpha_col]) for r in rows])
+        if not self.video:
+            out["x_w"] = torch.stack([image_tensor(self.paths.resolve(r["images"][0]), d.resolution) for r in rows])
+            out["x_l"] = torch.stack([image_tensor(self.paths.resolve(r["images"][1]), d.resolution) for r in rows])
+            return out
+        load = lambda u: video_tensor(self.paths.resolve(u), d.resolution, d.num_frames, d.frame_stride)  # noqa: E731
+        out["x_w"] = torch.stack([load(r["video_chosen"]) for r in rows])
+        out["x_l"] = torch.stack([load(r["video_rejected"]) for r in rows])
+        s_max = max(len(r["segment_pref"]) for r in rows)
+        n_lat = -(-d.num_frames // d.temporal_factor)
+        mask, pref = torch.zeros(len(rows), s_max, n_lat), torch.zeros(len(rows), s_max, dtype=torch.int8)
+        for i, r in enumerate(rows):   # pad segments with ties (label 0 contributes nothing)
+            k = len(r["segment_pref"])
+            mask[i, :k] = segment_mask(r["segment_frames"], d.num_frames, d.frame_stride, d.temporal_factor)
+            pref[i, :k] = torch.tensor(r["segment_pref"], dtype=torch.int8)
+        out["seg_mask"], out["seg_pref"] = mask, pref
+        return out
+
+
+# ---------------------------------------------------------------- the loop
+
+def _step_rng(seed: int, step: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 1_000_003 + step)   # t, ε and order are a function of the step
+
+
+def _order(n: int, seed: int, steps: int, bs: int) -> list[list[int]]:
+    idx: list[int] = []
+    epoch = 0
+    while len(idx) < steps * bs:
+        idx += torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch)).tolist()
+        epoch += 1
+    return [idx[i * bs:(i + 1) * bs] for i in range(steps)]
+
+
+def train_diffusion(recipe: DiffusionRecipe, *, resume: bool = False) -> dict:
+    from accelerate import Accelerator
+    from diffusers import DDPMScheduler
+    tr = recipe.train
+    spec, params = recipe.loss_spec()
+    acc = Accelerator(mixed_precision=_precision(tr.mixed_precision), cpu=not torch.cuda.is_available())
+    torch.manual_seed(tr.seed)
+    out_dir = Path(recipe.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    data = PairData(recipe, spec)
+    text = TextEncoder(recipe.text_encoder, acc.device)
+    policy = build_denoiser(recipe.denoiser)
+    if recipe.lora is not None:
+        from peft import LoraConfig
+        policy.requires_grad_(False)
+        policy.add_adapter(LoraConfig(r=recipe.lora.r, lora_alpha=recipe.lora.alpha,
+                                      target_modules=recipe.lora.target_modules, init_lora_weights=True))
+        reference = None                                   # adapters off = the reference
+    else:
+        reference = copy.deepcopy(policy).requires_grad_(False).eval().to(acc.device)
+    vae = None
+    if recipe.vae:
+        from diffusers import AutoencoderKL
+        vae = AutoencoderKL.from_pretrained(recipe.vae).eval().requires_grad_(False).to(acc.device)
+    sched = DDPMScheduler(num_train_timesteps=tr.num_train_timesteps, prediction_type=tr.prediction_type)
+    opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=tr.lr)
+    policy, opt = acc.prepare(policy, opt)
+    plan = _order(len(data), tr.seed, tr.max_steps, tr.batch_size)
+    metrics_path = out_dir / "metrics.jsonl"
+    start = 0
+    if resume and _checkpoints(out_dir):
+        ck = _checkpoints(out_dir)[-1]
+        acc.load_state(str(ck))
+        start = json.loads((ck / "trainer_state.json").read_text())["step"]
+        _truncate_metrics(metrics_path, start)
+    elif metrics_path.exists():
+        metrics_path.unlink()
+
+    def latents(x):
+        if vae is None:
+            return x
+        if x.ndim == 5:   # frame-wise 2D VAE: [B,C,F,H,W] -> encode B·F frames -> back
+            b, c, f, h, w = x.shape
+            z = latents(x.permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w))
+            return z.reshape(b, f, *z.shape[1:]).permute(0, 2, 1, 3, 4)
+        return vae.encode(x).latent_dist.mean * vae.config.scaling_factor
+
+    def save(step: int, last: dict) -> Path:
+        final = out_dir / "checkpoints" / f"step-{step:06d}"
+        tmp = final.with_name(final.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        acc.save_state(str(tmp))
+        state = {"step": step, "dataset": data.ref, "config_sha256": recipe.config_hash(),
+                 "recipe": recipe.model_dump(mode="json"), "metrics": last}
+        (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2, default=str))
+        tmp.replace(final)
+        return final
+
+    last: dict = {}
+    t_run = time.perf_counter()
+    policy.train()
+    with metrics_path.open("a") as log:
+        for step in range(start, tr.max_steps):
+            t0 = time.perf_counter()
+            b = data.batch(plan[step])
+            g = _step_rng(tr.seed, step)
+            with torch.no_grad():
+                x_w, x_l = latents(b["x_w"].to(acc.device)), latents(b["x_l"].to(acc.device))
+            t = torch.randint(0, tr.num_train_timesteps, (x_w.shape[0],), generator=g).to(acc.device)
+            noise = torch.randn(x_w.shape, generator=g).to(acc.device)
+            with acc.autocast():
+                batch = pair_batch(policy, reference, x_w, x_l, text(b["c_w"]), text(b["c_l"]), t, noise, sched,
+                                   seg_mask=b.get("seg_mask"), seg_pref=b.get("seg_pref"), alpha=b.get("alpha"))
+                lo: LossOut = spec.fn(batch, params)
+            loss = lo.loss.mean()
+            acc.backward(loss)
+            gn = float(acc.clip_grad_norm_(policy.parameters(), tr.max_grad_norm)) if tr.max_grad_norm else None
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            dt = time.perf_counter() - t0
+            last = {"step": step + 1, "loss": float(loss.detach()), "grad_norm": gn, "lr": tr.lr,
+                    "examples": len(plan[step]), "examples_per_s": len(plan[step]) / dt, "step_time_s": dt,
+                    "mse_pol_w": float(batch.mse_pol_w.mean()), "mse_pol_l": float(batch.mse_pol_l.mean()),
+                    "mse_ref_w": float(batch.mse_ref_w.mean()), "mse_ref_l": float(batch.mse_ref_l.mean()),
+                    "peak_memory_mb": _peak_memory_mb()}
+            if lo.chosen_reward is not None:
+                last["reward_accuracy"] = float((lo.chosen_reward > lo.rejected_reward).float().mean())
+                last["margin"] = float((lo.chosen_reward - lo.rejected_reward).mean())
+            last |= {f"loss/{k}": float(v.float().mean()) for k, v in lo.metrics.items()}
+            if not math.isfinite(last["loss"]):
+                raise FloatingPointError(f"loss is {last['loss']} at step {step + 1}")
+            if (step + 1) % tr.log_every == 0 or step + 1 == tr.max_steps:
+                log.write(json.dumps(last) + "\n")
+                log.flush()
+            if tr.save_every and (step + 1) % tr.save_every == 0 and step + 1 < tr.max_steps:
+                save(step + 1, last)
+    ckpt = save(tr.max_steps, last)
+    final = out_dir / "final"
+    model = acc.unwrap_model(policy)
+    if recipe.lora is not None:
+        model.save_lora_adapter(str(final))
+    else:
+        model.save_pretrained(str(final))
+    return {"output_dir": str(out_dir), "final_model": str(final), "checkpoint": str(ckpt), "dataset": data.ref,
+            "config_sha256": recipe.config_hash(), "steps": tr.max_steps, "resumed_from": start,
+            "rows_dropped": data.dropped, "seconds": time.perf_counter() - t_run, "last": last}
+
+
+def train_diffusion_from_recipe(path: str | Path, *, resume: bool = False) -> dict:
+    """CLI entry: `prefdata train RECIPE` for recipes with a `denoiser:` section."""
+    return train_diffusion(load_diffusion_recipe(path), resume=resume)
