@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
+import numpy as np
 import polars as pl
 from pydantic import Field, model_validator
 
@@ -108,7 +109,8 @@ def build_curriculum(frame: pl.LazyFrame, cfg: CurriculumConfig, ctx: StepContex
     acct = pl.concat([df.filter(pl.col("__drop").is_not_null()).select(ROW, "__drop"), ok.select(ROW, "__drop")])
     drops = count_reasons(acct, "__drop")
     out = ok.filter(pl.col("__drop").is_null())
-    out = out[out.select(pl.arg_sort_by("stage", ROW)).to_series()]      # one gather of the wide table
+    # stable sort by stage (rows are in input order already): one radix argsort, one gather of the table
+    out = out[np.argsort(out["stage"].to_numpy(), kind="stable")]
     ranges = out.group_by("stage").agg(pl.len().alias("n"), pl.col("__v").min().alias("lo"),
                                        pl.col("__v").max().alias("hi")).sort("stage")
     size_of = dict(zip(ranges["stage"].to_list(), ranges["n"].to_list(), strict=True))

@@ -144,7 +144,19 @@ def _all_pairs(valid: pl.DataFrame, threshold: float) -> pl.DataFrame:
     if not parts:
         return pl.DataFrame(schema={c: t for c, t in zip(PAIR_COLS, [pl.UInt32, pl.UInt32, pl.UInt32, pl.Float64,
                                     pl.Float64, pl.Int64, pl.Int64, pl.Float64], strict=True)})
-    return pl.concat(pl.collect_all(parts)).sort(["_g", "c_pos", "r_pos"])
+    out = pl.concat(pl.collect_all(parts))
+    return out[sort_order(out, ["_g", "c_pos", "r_pos"], max(biggest, 1))]
+
+
+def sort_order(df: pl.DataFrame, keys: list[str], width: int) -> np.ndarray:
+    """Row order by non-negative integer keys: the last keys are < width, so one uint64
+    g*width^2 + a*width + b sorts with numpy's radix sort (several times faster than a multi-key sort)."""
+    if (int(df[keys[0]].max() or 0) + 1) * width ** (len(keys) - 1) >= 2 ** 63:
+        return df.select(pl.arg_sort_by(keys)).to_series().to_numpy()
+    key = df[keys[0]].to_numpy().astype(np.uint64)
+    for k in keys[1:]:
+        key = key * np.uint64(width) + df[k].to_numpy().astype(np.uint64)
+    return np.argsort(key, kind="stable")
 
 
 def _orient(pairs: pl.DataFrame) -> pl.DataFrame:
@@ -170,6 +182,21 @@ def _select(cand: pl.DataFrame, df: pl.DataFrame, cfg: PairsConfig, seed: int) -
         cand = cand.with_columns(_key=pl.struct(-pl.col("margin"), -pl.col("s_c"), "c_pos", "r_pos"))
     order = pl.when(pl.col("pass")).then(pl.col("_key")).rank("ordinal").over("_g")
     return cand.select(pl.col("pass") & (order <= cfg.max_pairs_per_prompt).fill_null(False)).to_series()
+
+
+def duplicate_texts(df: pl.DataFrame, g: pl.Series) -> pl.Series:
+    """True for a scored response whose exact text already appeared, scored, earlier in its prompt.
+    A 64-bit hash of the text finds the suspects cheaply; only those are compared as strings, so a
+    hash collision can never drop a response."""
+    ok = df["__drop"].is_null()
+    keyed = pl.DataFrame({"g": g, "h": df["response"].hash(7), "ok": ok})
+    suspect = keyed.select(pl.struct("g", "h", "ok").is_duplicated() & pl.col("ok")).to_series()
+    dup = pl.Series(np.zeros(df.height, dtype=bool))
+    if suspect.any():
+        rows = df.filter(suspect).select(ROW, "prompt_id", "response")
+        exact = rows.select(~pl.struct("prompt_id", "response").is_first_distinct()).to_series()
+        dup = dup.scatter(rows[ROW].filter(exact), True)
+    return dup
 
 
 def _mark(n: int, where: np.ndarray, rows: list[np.ndarray]) -> np.ndarray:
@@ -208,19 +235,23 @@ def build_pairs(frame: pl.LazyFrame, cfg: PairsConfig, ctx: StepContext) -> Buil
     seed = ctx.seed if cfg.seed is None else cfg.seed
     t = max(cfg.min_margin, cfg.tie_eps)
 
-    reason = missing_reason({"score": pl.col("score")})
-    if cfg.drop_duplicate_texts:   # among scored rows only: an unscored copy must not shadow a scored one
-        dup = ~pl.struct("prompt_id", "response", reason.is_null()).is_first_distinct()
-        reason = pl.when(reason.is_null() & dup).then(pl.lit("duplicate response text")).otherwise(reason)
     df = frame.with_columns(pl.col("score").cast(pl.Float64)).with_row_index(ROW).with_columns(
-        reason.alias("__drop")).collect()
+        missing_reason({"score": pl.col("score")}).alias("__drop")).collect()
+    g_all = prompt_key(df)
+    if cfg.drop_duplicate_texts:
+        df = df.with_columns(__drop=pl.when(pl.col("__drop").is_null() & duplicate_texts(df, g_all))
+                             .then(pl.lit("duplicate response text")).otherwise(pl.col("__drop")))
     drops = count_reasons(df, "__drop")
 
     # narrow per-response table, sorted by prompt (then input order): all pairing works on it
-    valid = df.filter(pl.col("__drop").is_null()).select(ROW, "prompt_id", "response_id", "score")
-    valid = valid.with_columns(_g=prompt_key(valid))
-    if not valid["_g"].is_sorted():
-        valid = valid.sort(["_g", ROW])
+    ok = df["__drop"].is_null()
+    valid = df.filter(ok).select(ROW, "prompt_id", "response_id", "score")
+    g = g_all.filter(ok)
+    if g.is_sorted():
+        valid = valid.with_columns(_g=g.rle_id().cast(pl.UInt32))    # dense again after the drops
+    else:
+        valid = valid.with_columns(_g=prompt_key(valid))
+        valid = valid[sort_order(valid, ["_g", ROW], df.height + 1)]
     stats = valid.group_by("_g").agg(_max=pl.col("score").max(), _min=pl.col("score").min()).sort("_g")
     idx = pl.int_range(pl.len(), dtype=pl.Int64)
     new = pl.col("_g").ne_missing(pl.col("_g").shift())
@@ -276,7 +307,7 @@ def build_pairs(frame: pl.LazyFrame, cfg: PairsConfig, ctx: StepContext) -> Buil
     drops = dict(sorted({**drops, **count_reasons(per.select(why.alias("why")), "why")}.items()))
     rows_kept = df.height - sum(drops.values())
 
-    prompts = int(df["prompt_id"].n_unique())
+    prompts = int(g_all.max() + 1) if df.height else 0
     with_pair = int(sel["_g"].n_unique())
     spread = (stats["_max"] - stats["_min"]).round(DECIMALS)
     all_tied = int(stats.filter(pl.Series(spread <= cfg.tie_eps)).join(

@@ -167,3 +167,10 @@ def test_large_prompts_use_the_join_path(ctx):
     out = check(build_pairs(df.lazy(), PairsConfig(min_margin=10), ctx), 42)
     assert out.height == sum(1 for i in range(40) for j in range(40) if i - j > 10) + 0
     assert out.filter(pl.col("prompt_id") == "big")["margin"].min() == 11.0
+
+
+def test_an_unscored_copy_does_not_shadow_a_scored_one(ctx):
+    df = responses({"p": [None, 1, 3, 3]}).with_columns(response=pl.Series(["dup", "dup", "x", "dup"]))
+    built = build_pairs(df.lazy(), PairsConfig(), ctx)
+    assert pair_ids(check(built, 4)) == ids((2, 1))
+    assert built.drops == {"score is null": 1, "duplicate response text": 1}
