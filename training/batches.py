@@ -14,6 +14,7 @@ class RefStore:
 
     def __init__(self, data: TrainData, *, free: bool):
         G = len(data.groups)
+        self.rows = list(data.rows)  # table row of each group, so a saved store can be read against the table
         if data.kind == "pairs":
             cols = [data.columns.get(c) for c in PAIR_REF]
             self.seq = torch.zeros(G, 2, dtype=torch.float64) if free or cols[0] is None else torch.stack(cols, 1)
@@ -26,7 +27,7 @@ class RefStore:
             self.tok = None
 
     def state_dict(self) -> dict:
-        return {"seq": self.seq, "tok": self.tok}
+        return {"seq": self.seq, "tok": self.tok, "rows": self.rows}
 
     def load_state_dict(self, s: dict) -> None:
         self.seq, self.tok = s["seq"], s["tok"]
