@@ -192,8 +192,12 @@ def build_dcpo(frame: pl.LazyFrame, cfg: DcpoConfig, ctx: StepContext) -> Built:
             raise SchemaError(f"dcpo: level {lv!r} has no ops in level_ops")
     seed = ctx.seed if cfg.seed is None else cfg.seed
     store = MediaStore.for_context(ctx)
-    img_w = df.get_column(cfg.image_column).to_list()
-    img_l = df.get_column(cfg.rejected_image_column).to_list() if cfg.rejected_image_column else img_w
+    def uris(col: str) -> list:
+        s = df.get_column(col)
+        return (s.list.first() if isinstance(s.dtype, pl.List) else s).to_list()   # list column: first image
+
+    img_w = uris(cfg.image_column)
+    img_l = uris(cfg.rejected_image_column) if cfg.rejected_image_column else img_w
     cap_w = df.get_column(cfg.caption_column).to_list()
     cap_l_src = df.get_column(cfg.loser_caption_column).to_list() if cfg.loser_caption_column else cap_w
 

@@ -62,3 +62,14 @@ def test_ffv1_round_trip_is_lossless(carphone, tmp_path):
     p.write_bytes(data)
     back, fps = read_video(p)
     assert np.array_equal(back, frames) and abs(fps - 30.0) < 1e-6
+
+
+def test_bundled_multimodal_recipes_parse():
+    from pathlib import Path
+
+    from prefdata.recipe import load_recipe
+    recipes = sorted((Path(__file__).resolve().parents[2] / "examples" / "recipes").glob("mm_*.yaml"))
+    assert len(recipes) == 4
+    for p in recipes:
+        r = load_recipe(p)
+        assert r.source_path.is_file() and r.kinds[-1] == "pairs"
