@@ -143,14 +143,21 @@ def build_train_data(table: pa.Table, tokenizer, *, max_length: int, required: t
         if kind == "lists" and len(resp[i]) < 2:
             dropped["fewer than 2 responses"] += 1
             continue
-        bad = [c for c in required if table.column(c)[i].as_py() is None]
-        if bad:
-            dropped[f"{bad[0]} is null"] += 1
-            continue
         keep.append(i)
     enc = encode_groups(tokenizer, [prompts[i] for i in keep], [resp[i] for i in keep], max_length=max_length,
                         rows=keep)
     dropped.update(enc.dropped)
+    # required columns are checked after tokenization, so a row the tokenizer drops is counted under that
+    # reason (the reference pass leaves exactly those rows null)
+    nulls = {c: table.column(c).is_null().to_pylist() for c in required}
+    groups = []
+    for g in enc.groups:
+        bad = [c for c in required if nulls[c][g.row]]
+        if bad:
+            dropped[f"{bad[0]} is null"] += 1
+        else:
+            groups.append(g)
+    enc.groups = groups
     rows = [g.row for g in enc.groups]
     idx = pa.array(rows, pa.int64())
     sub = table.take(idx)
