@@ -297,18 +297,41 @@ def sql(
 @user_errors
 def tag(
     name: Annotated[str, typer.Argument()],
-    version: Annotated[int, typer.Argument()],
+    version: Annotated[str, typer.Argument(help="Version number, or an existing tag.")],
     tag_name: Annotated[str, typer.Argument(metavar="TAG")],
+    force: Annotated[bool, typer.Option("--force", help="Move the tag if it already points elsewhere.")] = False,
     catalog: CatalogOpt = None,
     as_json: JsonOpt = False,
 ):
     """Tag a dataset version (then refer to it as NAME@TAG)."""
     cat = _open_catalog(catalog)
-    cat.tag(name, version, tag_name)
+    resolved = cat.tag(name, int(version) if version.isdigit() else version, tag_name, force=force)
     if as_json:
-        _print_json({"name": name, "version": version, "tag": tag_name})
+        _print_json({"name": name, "version": resolved, "tag": tag_name})
     else:
-        _console().print(f"tagged {name}@{version} as {tag_name}")
+        _console().print(f"tagged {name}@{resolved} as {tag_name}")
+
+
+@app.command()
+@user_errors
+def verify(
+    ref: Annotated[str, typer.Argument(help="NAME[@VERSION|@TAG].")],
+    catalog: CatalogOpt = None,
+    as_json: JsonOpt = False,
+):
+    """Recompute a version's content hash from its data and compare it with the stored one."""
+    from catalog import parse_ref
+
+    cat = _open_catalog(catalog)
+    name, version = parse_ref(ref)
+    res = cat.verify(name, version)
+    if as_json:
+        _print_json(res)
+    else:
+        _console().print(f"{res['ref']}: {'ok' if res['ok'] else 'MISMATCH'} (stored {res['stored'][:12]}…, "
+                         f"computed {res['computed'][:12]}…)")
+    if not res["ok"]:
+        raise typer.Exit(code=1)
 
 
 @app.command()
@@ -317,6 +340,8 @@ def export(
     ref: Annotated[str, typer.Argument(help="NAME[@VERSION|@TAG].")],
     out: Annotated[Path, typer.Argument(help="Output directory.")],
     to: Annotated[str, typer.Option("--to", help="parquet | jsonl | hf")] = "parquet",
+    shard_rows: Annotated[int | None, typer.Option("--shard-rows", min=1, help="Rows per parquet shard.")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing export in DIR.")] = False,
     catalog: CatalogOpt = None,
     as_json: JsonOpt = False,
 ):
@@ -324,7 +349,7 @@ def export(
     if to not in ("parquet", "jsonl", "hf"):
         raise PrefdataError(f"--to must be parquet, jsonl or hf, got {to!r}")
     cat = _open_catalog(catalog)
-    info = cat.export(ref, to=to, out_dir=out)
+    info = cat.export(ref, to=to, out_dir=out, shard_rows=shard_rows, overwrite=overwrite)
     if as_json:
         _print_json(info)
     else:
