@@ -16,7 +16,7 @@ pairs on which any two scorers disagree ("More is Less": low agreement means noi
 from __future__ import annotations
 
 import itertools
-from typing import Literal
+from typing import ClassVar, Literal
 
 import polars as pl
 from pydantic import Field, model_validator
@@ -26,6 +26,7 @@ from prefdata.errors import SchemaError
 
 
 class EnsembleConfig(StepConfig, frozen=True):
+    output_kind: ClassVar[str] = "responses"
     by: list[str] = Field(min_length=1)                  # fields of `scores`
     method: Literal["zscore_mean", "rank_mean", "weighted_sum"] = "zscore_mean"
     weights: dict[str, float] | None = None             # per scorer; required for weighted_sum

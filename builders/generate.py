@@ -20,6 +20,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import ClassVar
 
 import polars as pl
 import pyarrow as pa
@@ -35,6 +36,7 @@ _RESPONSE_LEVEL = ("response_id", "response", "model", "score", "scores", "rank"
 
 
 class GenerateConfig(StepConfig, frozen=True):
+    output_kind: ClassVar[str] = "responses"
     models: list[ModelSpec] = Field(min_length=1)
     n: int = Field(4, ge=1)                          # candidates per prompt per model
     sampling: SamplingSpec = SamplingSpec()

@@ -7,7 +7,7 @@ the overall `score` column (use the `ensemble` step to combine several)."""
 from __future__ import annotations
 
 import importlib
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 import numpy as np
 import polars as pl
@@ -25,6 +25,7 @@ Scorer = Annotated[RewardModelScorer | ClipScorer | RulesScorer | CodeTestsScore
 
 
 class ScoreConfig(StepConfig, frozen=True):
+    output_kind: ClassVar[str] = "responses"
     scorers: list[Scorer] = Field(min_length=1)
     set_score: str | None = None                 # copy this scorer's value into `score`
     on_unscorable: Literal["drop", "keep"] = "drop"

@@ -1,7 +1,7 @@
 """CLIP score between a row's image and its caption: 100 · max(cos(image, text), 0) (the CLIPScore scale
 used by torchmetrics). Two model families:
 - `open_clip`: any open_clip architecture (`arch`, a built-in name, or a custom one given by
-  `model_config`, a JSON file in open_clip's format) with weights from a local checkpoint file;
+  `arch_config`, a JSON file in open_clip's format) with weights from a local checkpoint file;
 - `hf`: a transformers CLIP-family model dir (CLIPModel + its processor), e.g. a PickScore-style
   preference model saved locally.
 An unreadable or missing image makes that row unscorable (an accounted drop naming the file)."""
@@ -23,7 +23,7 @@ class ClipScorer(StepConfig, frozen=True):
     name: str
     family: Literal["open_clip", "hf"] = "open_clip"
     arch: str | None = None                  # open_clip model name (built-in or the stem of model_config)
-    model_config: str | None = None          # open_clip: JSON config for a custom architecture
+    arch_config: str | None = None           # open_clip: JSON config for a custom architecture
     path: str                                # open_clip: checkpoint file; hf: model dir
     caption_column: str = "prompt"
     image_column: str = "images"             # list<string> (first image used) or string
@@ -32,8 +32,8 @@ class ClipScorer(StepConfig, frozen=True):
 
     @model_validator(mode="after")
     def _arch(self):
-        if self.family == "open_clip" and not (self.arch or self.model_config):
-            raise ValueError("open_clip scorer needs `arch` (or `model_config`)")
+        if self.family == "open_clip" and not (self.arch or self.arch_config):
+            raise ValueError("open_clip scorer needs `arch` (or `arch_config`)")
         return self
 
 
@@ -62,8 +62,8 @@ class _OpenClip:
 
         from builders.backends import resolve_path
         arch = cfg.arch
-        if cfg.model_config:
-            conf = resolve_path(cfg.model_config, ctx.base_dir)
+        if cfg.arch_config:
+            conf = resolve_path(cfg.arch_config, ctx.base_dir)
             open_clip.add_model_config(conf)
             arch = arch or conf.stem
         ckpt = resolve_path(cfg.path, ctx.base_dir)
