@@ -123,26 +123,27 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
 
 
 def aug_blur(clip: torch.Tensor, s: float, rng: np.random.Generator) -> torch.Tensor:
-    """Gaussian blur, sigma = 0.5 + 4.5s pixels."""
+    """Gaussian blur, sigma = 0.5 + 4.5s pixels (separable convolution over all frames at once)."""
     return _to_uint8(gaussian_blur(_to_float(clip), 0.5 + 4.5 * s))
 
 
 def aug_noise(clip: torch.Tensor, s: float, rng: np.random.Generator) -> torch.Tensor:
-    """Additive Gaussian noise, std = 60s grey levels; the noise comes from the row's generator (seeded)."""
+    """Additive Gaussian noise, std = 60s grey levels; the noise comes from the row's generator (seeded).
+    Works channel-last and in place: no layout copies."""
     g = torch.Generator().manual_seed(int(rng.integers(2**62)))
-    x = _to_float(clip)
-    return _to_uint8(x + torch.randn(x.shape, generator=g) * (60.0 * s))
+    x = torch.randn(clip.shape, generator=g).mul_(60.0 * s).add_(clip)
+    return x.round_().clamp_(0, 255).to(torch.uint8)
 
 
 def aug_color_jitter(clip: torch.Tensor, s: float, rng: np.random.Generator) -> torch.Tensor:
-    """Brightness, contrast and saturation each scaled by 1 ± 0.8s (sign drawn per factor)."""
+    """Brightness, contrast and saturation each scaled by 1 ± 0.8s (sign drawn per factor), channel-last."""
     b, c, sat = (1.0 + 0.8 * s * (1 if rng.random() < 0.5 else -1) for _ in range(3))
-    x = _to_float(clip) * b
-    mean = x.mean(dim=(1, 2, 3), keepdim=True)
-    x = (x - mean) * c + mean
-    grey = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
-    x = (x - grey) * sat + grey
-    return _to_uint8(x)
+    x = clip.float()
+    mean = x.mean(dim=(1, 2, 3), keepdim=True) * b
+    x.mul_(b * c).add_(mean * (1.0 - c))               # brightness then contrast about the frame mean: one affine
+    grey = (x @ torch.tensor([0.299, 0.587, 0.114])).unsqueeze(-1)
+    x.mul_(sat).add_(grey * (1.0 - sat))
+    return x.round_().clamp_(0, 255).to(torch.uint8)
 
 
 AUGMENTATIONS: dict[str, Callable[[torch.Tensor, float, np.random.Generator], torch.Tensor]] = {
