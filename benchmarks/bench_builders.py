@@ -27,6 +27,22 @@ OUT_COLS = ["prompt_id", "prompt", "chosen", "rejected", "chosen_id", "rejected_
             "score_rejected", "margin", "stage"]
 
 
+def make_polars_input(n_prompts: int):
+    """The same responses as make_input, built natively in polars (so `ours` never holds an Arrow copy)."""
+    import numpy as np
+    import polars as pl
+
+    rng = np.random.default_rng(SEED)
+    n = n_prompts * K
+    scores = rng.integers(0, 101, n) / 10.0
+    null = rng.random(n) < 0.005
+    ids = pl.DataFrame({"p": np.repeat(np.arange(n_prompts), K), "j": np.tile(np.arange(K), n_prompts)})
+    return ids.select(
+        prompt_id=pl.format("p{}", "p"), prompt=pl.format("What is the answer to question {}?", "p"),
+        response_id=pl.format("r{}-{}", "p", "j"), response=pl.format("This is candidate answer {}-{}.", "p", "j"),
+        score=pl.when(pl.Series(null)).then(None).otherwise(pl.Series(scores)))
+
+
 def make_input(n_prompts: int):
     """The responses table (pyarrow), identical in every subprocess."""
     import numpy as np
@@ -127,9 +143,7 @@ RECIPE = {"name": "bench", "source": {"dataset": "bench-input"}, "steps": [
     {"curriculum": {"stages": STAGES, "by": "margin", "order": "easy_to_hard"}}]}
 
 
-def run_ours(table, catalog_dir: str | None):
-    import polars as pl
-
+def run_ours(df, catalog_dir: str | None):
     from builders.base import StepContext
     from prefdata.build import run_step
     from prefdata.recipe import parse_recipe
@@ -137,29 +151,34 @@ def run_ours(table, catalog_dir: str | None):
     t0 = time.perf_counter()
     recipe = parse_recipe(RECIPE)
     ctx = StepContext(seed=recipe.seed, progress=False)
-    current, kind, steps = table, "responses", {}
+    current, kind, steps = df, "responses", {}
+    del df
     for step in recipe.steps:
         ts = time.perf_counter()
-        current, rep = run_step(step, pl.from_arrow(current).lazy(), kind, ctx,
-                                lambda s, f, c: s.fn(f, s.config, c), file="<bench>")
+        current, rep = run_step(step, current.lazy(), kind, ctx, lambda s, f, c: s.fn(f, s.config, c),
+                                file="<bench>")
         kind = rep.kind
         steps[step.name] = {"s": round(time.perf_counter() - ts, 3), "rows_out": rep.rows_out,
                             "drops": rep.drops}
     elapsed = time.perf_counter() - t0
-    extra = {"steps": steps}
+    extra = {"steps": steps, "peak_rss_mb_before_write": round(_rss_mb(), 1)}
     if catalog_dir:
         from catalog import Catalog
         tw = time.perf_counter()
-        Catalog.open(catalog_dir).write("bench", current, message="bench")
+        Catalog.open(catalog_dir).write("bench", current.to_arrow(), message="bench")
         extra["catalog_write_s"] = round(time.perf_counter() - tw, 3)
-    return current.select(OUT_COLS), elapsed, extra
+    return current.select(OUT_COLS).to_arrow(), elapsed, extra
+
+
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024   # KiB -> MiB on Linux
 
 
 # ----------------------------------------------------------------------------------------------- driver
 def worker(args) -> None:
     import pyarrow.parquet as pq
     t0 = time.perf_counter()
-    table = make_input(args.prompts)
+    table = make_polars_input(args.prompts) if args.worker == "ours" else make_input(args.prompts)
     gen = time.perf_counter() - t0
     if args.worker == "python":
         out, elapsed, extra = run_python(table)
@@ -167,10 +186,10 @@ def worker(args) -> None:
         out, elapsed, extra = run_duckdb(table)
     else:
         out, elapsed, extra = run_ours(table, args.catalog)
+    del table
     if args.out:
         pq.write_table(out, args.out)
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024   # KiB -> MiB on Linux
-    print(json.dumps({"seconds": round(elapsed, 3), "peak_rss_mb": round(rss, 1), "rows": out.num_rows,
+    print(json.dumps({"seconds": round(elapsed, 3), "peak_rss_mb": round(_rss_mb(), 1), "rows": out.num_rows,
                       "input_gen_s": round(gen, 2), **extra}))
 
 

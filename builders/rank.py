@@ -72,6 +72,10 @@ def segment_rank(g: pl.Series, value: pl.Series, *, descending: bool, method: st
     """Rank of `value` within each group `g`, in input order, without a window over many small groups
     (polars' rank().over() is slow for 10^5+ groups): one narrow sort, then run boundaries.
     method "min": 1 + number strictly better (ties share); "average": mean position of the tie run."""
+    if len(g) and g.is_sorted():
+        biggest = int(g.rle().struct.field("len").max())
+        if biggest <= SHIFT_MAX_GROUP:
+            return _shift_rank(g, value, biggest, descending=descending, method=method)
     idx = pl.int_range(pl.len(), dtype=pl.Int64)
     # two stable numpy sorts (value, then group: an integer radix sort) beat a two-key polars sort
     v = value.to_numpy()
@@ -90,6 +94,26 @@ def segment_rank(g: pl.Series, value: pl.Series, *, descending: bool, method: st
     out = np.empty(len(o), dtype=np.float64)
     out[o] = t.select(r).to_series().to_numpy()
     return pl.Series(out)
+
+
+SHIFT_MAX_GROUP = 32
+
+
+def _shift_rank(g: pl.Series, value: pl.Series, biggest: int, *, descending: bool, method: str) -> pl.Series:
+    """Ranks when each group's rows are contiguous and groups are small: compare every row with the rows
+    1..biggest-1 above and below it (linear passes, no sort) and count better and equal neighbours."""
+    better, equal = [], []
+    for off in range(1, biggest):
+        for sh in (off, -off):
+            same = (pl.col("g") == pl.col("g").shift(sh)).fill_null(False)
+            other = pl.col("v").shift(sh)
+            beats = other > pl.col("v") if descending else other < pl.col("v")
+            better.append((same & beats.fill_null(False)).cast(pl.Int64))
+            equal.append((same & (other == pl.col("v")).fill_null(False)).cast(pl.Int64))
+    zero = [pl.lit(0, pl.Int64)]
+    n_better, n_equal = pl.sum_horizontal(better or zero), pl.sum_horizontal(equal or zero)
+    rank = 1 + n_better if method == "min" else 1 + n_better + n_equal / 2.0
+    return pl.DataFrame({"g": g, "v": value}).select(rank.cast(pl.Float64)).to_series()
 
 
 def criterion_expr(name: str, schema: pl.Schema) -> pl.Expr:

@@ -23,7 +23,7 @@ import prefdata
 from builders.base import Built, StepContext
 from prefdata.errors import DatasetNotFound, RecipeError, SchemaError
 from prefdata.recipe import Recipe, RecipeStep, canonical_config, check_kind, load_recipe
-from prefdata.schema import conform, validate
+from prefdata.schema import conform, contract, validate
 
 DEFAULT_RECIPE = Path(prefdata.__file__).resolve().parents[1] / "examples" / "recipes" / "default.yaml"
 ENGINES = ("local", "ray")
@@ -155,9 +155,51 @@ def _label(step: RecipeStep) -> str:
     return ", ".join(f"{k} {v}" for k, v in items.items()) or "defaults"
 
 
+def check_contract(df: pl.DataFrame, kind: str, where: str) -> pl.DataFrame:
+    """Check `df` against the `kind` contract. Presence and types go through prefdata.schema.validate (on
+    an empty slice); the value checks validate makes (non-null columns, finite floats, margin >= 0, list
+    lengths) run here on the polars columns, so no string column is converted to Arrow just to be looked
+    at. A table whose types are merely inexact (int64 stage, ...) is conformed once. Raises SchemaError
+    naming the step, the column and the first offending row."""
+    try:
+        validate(df.head(0).to_arrow(), kind)
+    except SchemaError:
+        try:
+            df = pl.from_arrow(conform(df.to_arrow(), kind))
+            validate(df.head(0).to_arrow(), kind)
+        except SchemaError as e:
+            raise SchemaError(f"{where}: {e}", column=e.column, expected=e.expected) from None
+
+    def fail(msg: str, column: str, expected: str, bad: pl.Series) -> None:
+        raise SchemaError(f"{where}: {msg}", column=column, expected=expected, row=int(bad.arg_true()[0]))
+
+    for spec, _required, non_null in contract(kind):
+        if spec.name not in df.columns:
+            continue
+        col = df[spec.name]
+        if non_null and col.null_count():
+            fail(f"column {spec.name!r} must not be null", spec.name, str(spec.type), col.is_null())
+        if col.dtype.is_float():
+            bad = (~col.is_finite()).fill_null(False)
+            if bad.any():
+                fail(f"column {spec.name!r} holds NaN or inf (expected finite float64)", spec.name,
+                     "finite float64", bad)
+    if kind == "pairs":
+        neg = (df["margin"] < 0).fill_null(False)
+        if neg.any():
+            fail("column 'margin' must be >= 0 (score_chosen - score_rejected)", "margin", "float64 >= 0", neg)
+    if kind == "lists":
+        n = df["responses"].list.len()
+        for c in ("response_ids", "scores", "ranks"):
+            bad = (df[c].list.len() != n).fill_null(True)
+            if bad.any():
+                fail(f"column {c!r} list length differs from 'responses'", c, "same length as responses", bad)
+    return df
+
+
 def run_step(step: RecipeStep, frame: pl.LazyFrame, kind: str, ctx: StepContext, runner, *,
-             file: str) -> tuple[pa.Table, StepReport]:
-    """Run one step, check its output contract and its row accounting; return the output as Arrow."""
+             file: str) -> tuple[pl.DataFrame, StepReport]:
+    """Run one step, check its output contract and its row accounting; return the output frame."""
     check_kind(step, kind, file)
     t0 = time.perf_counter()
     built: Built = runner(step, frame, ctx)
@@ -168,18 +210,11 @@ def run_step(step: RecipeStep, frame: pl.LazyFrame, kind: str, ctx: StepContext,
     if rows_in != rows_kept + dropped:
         raise AccountingError(f"{step.yaml_path}: rows_in {rows_in} != rows_kept {rows_kept} + dropped {dropped} "
                               f"{built.drops}")
-    try:
-        table = df.to_arrow()
-        try:       # exact types already: validating is enough (conform would copy every string column)
-            validate(table, built.kind)
-        except SchemaError:
-            table = validate(conform(table, built.kind), built.kind)
-    except SchemaError as e:
-        raise SchemaError(f"{step.yaml_path} output: {e}", column=e.column, expected=e.expected) from None
+    df = check_contract(df, built.kind, f"{step.yaml_path} output")
     report = StepReport(step.name, _label(step), step.config.model_dump(mode="json"), built.kind, rows_in,
-                        rows_kept, dict(built.drops), table.num_rows, built.info, built.summary,
+                        rows_kept, dict(built.drops), df.height, built.info, built.summary,
                         round(time.perf_counter() - t0, 3))
-    return table, report
+    return df, report
 
 
 def _totals(source_rows: int, source_kind: str, reports: list[StepReport]) -> tuple[int, dict[str, int]]:
@@ -215,10 +250,12 @@ def run_recipe(recipe_path: Path | str | None, catalog, *, engine: str = "local"
     shown("source", source.line)
     ctx = StepContext(base_dir=recipe.base_dir or Path.cwd(), work_dir=None, catalog=cat, seed=recipe.seed,
                       progress=progress)
-    table, kind, reports = source.table, source.kind, []
+    df, kind, reports = pl.from_arrow(source.table), source.kind, []
+    if source.version is not None:
+        source.table = None            # already stored: free it, only the frame is needed now
     for step in recipe.steps:
         with console.status(f"{step.name}: {_label(step)}", spinner="dots") if progress else nullcontext():
-            table, report = run_step(step, pl.from_arrow(table).lazy(), kind, ctx, runner, file=file)
+            df, report = run_step(step, df.lazy(), kind, ctx, runner, file=file)
         kind = report.kind
         reports.append(report)
         shown(step.name, f"{report.label} · {report.summary or f'{report.rows_out:,} rows'}"
@@ -228,14 +265,16 @@ def run_recipe(recipe_path: Path | str | None, catalog, *, engine: str = "local"
     if written_source:    # a new (or changed) file source: store it now that the build has succeeded
         source.version = cat.write(source.name, source.table, message=f"ingest {recipe.source.path}",
                                    lineage=source.lineage)
-    rows_kept, drops = _totals(source.table.num_rows, source.kind, reports)
+    table = df.to_arrow()
+    del df
+    rows_kept, drops = _totals(reports[0].rows_in, source.kind, reports)
     inputs = [f"{source.name}@{source.version}"]
     message = f"build {recipe.name} from {inputs[0]} with {file}"
     lineage = {"builder": "recipe", "recipe": file, "config": config_json,
                "config_sha256": config_sha, "inputs": inputs, "engine": engine,
                "steps": [{"step": r.step, "config": r.config, "rows_in": r.rows_in, "rows_kept": r.rows_kept,
                           "drops": r.drops, "rows_out": r.rows_out, "info": r.info} for r in reports],
-               "rows_in": source.table.num_rows, "rows_kept": rows_kept, "rows_dropped": drops, "drops": drops,
+               "rows_in": reports[0].rows_in, "rows_kept": rows_kept, "rows_dropped": drops, "drops": drops,
                "rows_out": table.num_rows}
     latest = _latest(cat, recipe.name)
     from catalog.hashing import content_hash
