@@ -104,7 +104,7 @@ class Trainer:
         lo = s.spec.fn(batch, s.params)
         if self.bco is not None:
             self.bco.update(lo.metrics["bco_reward_mean"])
-        return (lo.loss * batch.weight).mean(), lo, sum(g.n_tokens for g in groups)
+        return (lo.loss * batch.weight).mean(), lo, sum(g.n_tokens for g in groups), out.sums
 
     @torch.no_grad()
     def refresh_reference(self, stage: int) -> None:
@@ -184,10 +184,15 @@ class Trainer:
                 for j, idx in enumerate(plan.micro):
                     ctx = self.acc.no_sync(self.model) if j < len(plan.micro) - 1 else _nullcontext()
                     with ctx:
-                        loss, lo, ntok = self.micro_loss(idx)
+                        loss, lo, ntok, lo_sums = self.micro_loss(idx)
                         self.acc.backward(loss * len(idx) / plan.examples)
                     sums["loss"] += float(loss.detach()) * len(idx) / plan.examples
                     sums["tokens"] += ntok
+                    if s.data.kind == "pairs":  # mean policy log-probs, as TRL logs them (logps/chosen)
+                        extra["logps_chosen"] = extra.get("logps_chosen", 0.0) + float(
+                            lo_sums[0::2].detach().float().sum()) / plan.examples
+                        extra["logps_rejected"] = extra.get("logps_rejected", 0.0) + float(
+                            lo_sums[1::2].detach().float().sum()) / plan.examples
                     if lo.chosen_reward is not None and lo.rejected_reward is not None:
                         cr, rr = lo.chosen_reward.detach().float(), lo.rejected_reward.detach().float()
                         sums["acc"] += float((cr > rr).float().sum())
@@ -213,7 +218,8 @@ class Trainer:
                         "grad_norm": grad_norm, "lr": lr, "examples": plan.examples,
                         "tokens": sums["tokens"], "tokens_per_s": sums["tokens"] / dt,
                         "examples_per_s": plan.examples / dt, "step_time_s": dt,
-                        "peak_memory_mb": _peak_memory_mb(), **{f"loss/{k}": v for k, v in extra.items()}}
+                        "peak_memory_mb": _peak_memory_mb(), **{(k if k.startswith("logps") else f"loss/{k}"): v
+                                                            for k, v in extra.items()}}
                 if not math.isfinite(last["loss"]):
                     raise FloatingPointError(f"loss is {last['loss']} at step {step + 1}")
                 if self.acc.is_main_process and ((step + 1) % t.log_every == 0 or step + 1 == len(s.plan)):

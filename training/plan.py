@@ -37,11 +37,16 @@ def make_plan(stage: torch.Tensor, *, batch_size: int, grad_accum: int, epochs: 
             perm = torch.randperm(len(stage), generator=gen).tolist()
             plan += _steps(perm, batch_size=batch_size, grad_accum=grad_accum, stage=None)
     else:
-        for s in sorted(set(stage.tolist())):
+        stages = sorted(set(stage.tolist()))
+        # with a curriculum, max_steps is shared evenly by the stages (each stage gets its first steps)
+        per_stage = -(-max_steps // len(stages)) if max_steps else None
+        for s in stages:
             members = (stage == s).nonzero().flatten()
+            steps: list[Step] = []
             for _ in range(epochs):
                 perm = members[torch.randperm(len(members), generator=gen)].tolist()
-                plan += _steps(perm, batch_size=batch_size, grad_accum=grad_accum, stage=s)
+                steps += _steps(perm, batch_size=batch_size, grad_accum=grad_accum, stage=s)
+            plan += steps[:per_stage] if per_stage else steps
     return plan[:max_steps] if max_steps else plan
 
 

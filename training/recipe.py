@@ -26,7 +26,7 @@ class TrainSection(_Section):
     grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")
     max_length: int = Field(512, ge=8, description="prompt + response tokens, per response (TRL semantics)")
     lr: float = Field(5e-7, gt=0)
-    max_steps: int | None = Field(None, ge=1, description="optimizer steps; overrides epochs (curriculum: caps them)")
+    max_steps: int | None = Field(None, ge=1, description="optimizer steps; overrides epochs (curriculum: split evenly over stages)")
     epochs: int = Field(1, ge=1, description="passes over the data (per stage with a curriculum)")
     warmup_ratio: float = Field(0.1, ge=0, le=1)
     weight_decay: float = Field(0.0, ge=0)
