@@ -50,7 +50,8 @@ fi
 # Prepended to Python code: records attempts through an audit hook (cannot be removed by the code).
 _AUDIT = r'''
 import sys as _s, os as _o
-def _prefdata_audit(ev, args, _fd=int(_o.environ.get("PREFDATA_AUDIT_FD", "-1")), _wr=_o.write, _root=_o.getcwd()):
+def _prefdata_audit(ev, args, _fd=int(_o.environ.get("PREFDATA_AUDIT_FD", "-1")), _wr=_o.write, _root=_o.getcwd(),
+                    _dec=_o.fsdecode, _abs=_o.path.abspath):
     _w = lambda _f, b: _wr(_fd, b) if _fd >= 0 else None
     try:
         if ev == "socket.connect":
@@ -60,8 +61,8 @@ def _prefdata_audit(ev, args, _fd=int(_o.environ.get("PREFDATA_AUDIT_FD", "-1"))
         elif ev == "open" and len(args) > 1 and isinstance(args[1], str) and any(c in args[1] for c in "wax+"):
             p = args[0]
             if isinstance(p, (str, bytes)):
-                p = _o.fsdecode(p)
-                if not _o.path.abspath(p).startswith(_root):
+                p = _dec(p)
+                if not _abs(p).startswith(_root):
                     _w(3, ("write_attempt %s\n" % p).encode())
     except Exception:
         pass
