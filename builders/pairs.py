@@ -189,8 +189,10 @@ def duplicate_texts(df: pl.DataFrame, g: pl.Series) -> pl.Series:
     A 64-bit hash of the text finds the suspects cheaply; only those are compared as strings, so a
     hash collision can never drop a response."""
     ok = df["__drop"].is_null()
-    keyed = pl.DataFrame({"g": g, "h": df["response"].hash(7), "ok": ok})
-    suspect = keyed.select(pl.struct("g", "h", "ok").is_duplicated() & pl.col("ok")).to_series()
+    # one uint64 per row mixing prompt and text hash (collisions only add suspects, never drops)
+    key = df["response"].hash(7) ^ (g.cast(pl.UInt64) * 0x9E3779B97F4A7C15)
+    suspect = pl.DataFrame({"k": key, "ok": ok}).select(
+        pl.col("ok") & pl.when(pl.col("ok")).then(pl.col("k")).is_duplicated()).to_series()
     dup = pl.Series(np.zeros(df.height, dtype=bool))
     if suspect.any():
         rows = df.filter(suspect).select(ROW, "prompt_id", "response")
@@ -210,7 +212,8 @@ def _mark(n: int, where: np.ndarray, rows: list[np.ndarray]) -> np.ndarray:
 def pair_output(df: pl.DataFrame, sel: pl.DataFrame, strategy: str) -> pl.DataFrame:
     """Gather chosen/rejected rows into the pairs contract; per-response extras become X_chosen / X_rejected."""
     base = df.drop(ROW, "__drop", strict=False)
-    chosen, rejected = base[sel["c"]], base[sel["r"]]
+    chosen = base[sel["c"]]
+    rejected = base.drop([c for c in PROMPT_LEVEL if c in base.columns])[sel["r"]]   # prompt columns: once
     cols: dict[str, pl.Series] = {c: chosen[c] for c in PROMPT_LEVEL if c in base.columns}
     for col in base.columns:
         if col in PROMPT_LEVEL:
@@ -280,7 +283,11 @@ def build_pairs(frame: pl.LazyFrame, cfg: PairsConfig, ctx: StepContext) -> Buil
         order = ["_g", "margin", "s_c", "c_pos", "r_pos"], [False, True, True, False, False]
     else:
         order = ["_g", "c_pos", "r_pos"], [False, False, False]
-    sel = cand.filter(pl.col("sel")).sort(order[0], descending=order[1])
+    sel = cand.filter(pl.col("sel"))
+    if cfg.strategy == "curry":
+        sel = sel.sort(order[0], descending=order[1])
+    else:
+        sel = sel[sort_order(sel, order[0], int(valid["_n"].max() or 1))]
     out = pair_output(df, sel, cfg.strategy)
 
     # ---- accounting: one reason per input response (scatter pair membership onto the valid rows)
