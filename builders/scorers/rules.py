@@ -58,8 +58,11 @@ class RulesScorer(StepConfig, frozen=True):
             except re.error as e:
                 raise ValueError(f"invalid regex {p!r}: {e}") from None
         if self.json_schema is not None:
-            from jsonschema import validators
-            validators.validator_for(self.json_schema).check_schema(self.json_schema)
+            from jsonschema import SchemaError, validators
+            try:
+                validators.validator_for(self.json_schema).check_schema(self.json_schema)
+            except SchemaError as e:
+                raise ValueError(f"invalid JSON schema: {e.message}") from None
         return self
 
 

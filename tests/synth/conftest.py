@@ -57,3 +57,92 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def save_clip_tokenizer(path: Path):
+    """A transformers CLIPTokenizer built from the CLIP BPE vocabulary that ships inside open_clip."""
+    import json
+
+    from open_clip.tokenizer import SimpleTokenizer
+    from transformers import CLIPTokenizer
+    st = SimpleTokenizer()
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "vocab.json").write_text(json.dumps(st.encoder))
+    merges = sorted(st.bpe_ranks, key=st.bpe_ranks.get)
+    (path / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n")
+    sot, eot = st.decoder[st.sot_token_id], st.decoder[st.eot_token_id]
+    tok = CLIPTokenizer(str(path / "vocab.json"), str(path / "merges.txt"), bos_token=sot, eos_token=eot, pad_token=eot,
+                        unk_token=eot)
+    tok.save_pretrained(path)
+    return tok
+
+
+TINY_TEXT = dict(vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                 num_attention_heads=2, max_position_embeddings=77, projection_dim=16)
+
+
+@pytest.fixture(scope="session")
+def tiny_hf_clip(tmp_path_factory) -> Path:
+    import torch
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+    path = tmp_path_factory.mktemp("tiny_hf_clip")
+    tok = save_clip_tokenizer(path / "tok")
+    torch.manual_seed(1)
+    cfg = CLIPConfig(text_config={**TINY_TEXT, "bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id,
+                                  "pad_token_id": tok.pad_token_id},
+                     vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                                        image_size=32, patch_size=8, projection_dim=16), projection_dim=16)
+    CLIPModel(cfg).save_pretrained(path)
+    proc = CLIPProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 32},
+                                                            crop_size={"height": 32, "width": 32}), tokenizer=tok)
+    proc.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_open_clip(tmp_path_factory) -> tuple[Path, Path]:
+    """(arch config JSON, checkpoint) of a custom tiny open_clip architecture with random weights."""
+    import json
+
+    import open_clip
+    import torch
+    path = tmp_path_factory.mktemp("tiny_open_clip")
+    conf = path / "tiny-clip-synth.json"
+    conf.write_text(json.dumps({"embed_dim": 16,
+                                "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 16,
+                                               "head_width": 16},
+                                "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 32, "heads": 2,
+                                             "layers": 1}}))
+    open_clip.add_model_config(conf)
+    torch.manual_seed(2)
+    model = open_clip.create_model("tiny-clip-synth")
+    torch.save(model.state_dict(), path / "tiny.pt")
+    return conf, path / "tiny.pt"
+
+
+@pytest.fixture(scope="session")
+def tiny_reward_model(tmp_path_factory) -> Path:
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+    path = tmp_path_factory.mktemp("tiny_rm")
+    tok = AutoTokenizer.from_pretrained(minilm_dir())
+    torch.manual_seed(3)
+    BertForSequenceClassification(BertConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
+                                             num_hidden_layers=2, num_attention_heads=4, num_labels=1,
+                                             max_position_embeddings=512)).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_chat_reward_model(tmp_path_factory) -> Path:
+    import torch
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+    path = tmp_path_factory.mktemp("tiny_chat_rm")
+    tok = _tokenizer(chat=True)
+    torch.manual_seed(4)
+    LlamaForSequenceClassification(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
+                                               num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
+                                               num_labels=1, pad_token_id=tok.pad_token_id)).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
