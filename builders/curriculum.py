@@ -75,8 +75,9 @@ def _quantile_stages(ease: pl.Series, stages: int) -> pl.Series:
     last = groups["cnt"].cum_sum() - 1
     first = last - groups["cnt"] + 1
     stage = (((first + last) / 2.0) * stages / n).floor().clip(0, stages - 1).cast(pl.Int32)
-    table = pl.DataFrame({ease.name: groups[ease.name], "stage": stage})
-    return ease.to_frame().join(table, on=ease.name, how="left", maintain_order="left")["stage"]
+    # each pair's value is one of the sorted distinct values: look its stage up by binary search
+    at = np.searchsorted(groups[ease.name].to_numpy(), ease.to_numpy())
+    return pl.Series("stage", stage.to_numpy()[at], dtype=pl.Int32)
 
 
 def build_curriculum(frame: pl.LazyFrame, cfg: CurriculumConfig, ctx: StepContext) -> Built:

@@ -179,7 +179,12 @@ def build_rank(frame: pl.LazyFrame, cfg: RankConfig, ctx: StepContext) -> Built:
     if cfg.missing == "error":
         raise_on_missing(marked, "__drop", "rank")
     drops = count_reasons(marked, "__drop")
-    valid_per_prompt = pl.DataFrame({"g": prompt_key(marked), "ok": marked["__drop"].is_null()}) \
+    g_all = prompt_key(marked)
+    ok = marked["__drop"].is_null()
+    g_kept = g_all.filter(ok)        # still grouped by prompt; re-densified below if needed
+    if g_kept.is_sorted():
+        g_kept = g_kept.rle_id().cast(pl.UInt32)
+    valid_per_prompt = pl.DataFrame({"g": g_all, "ok": ok}) \
         .group_by("g").agg(pl.col("ok").sum().alias("n"))
     prompts_lt2 = int((valid_per_prompt["n"] < 2).sum())
 
@@ -196,8 +201,7 @@ def build_rank(frame: pl.LazyFrame, cfg: RankConfig, ctx: StepContext) -> Built:
         z = [pl.when(c.std(ddof=0) > 0).then((c - c.mean()) / c.std(ddof=0)).otherwise(0.0) for c in cols]
         agg = pl.sum_horizontal(z) / len(z)
     else:  # borda: points = responses beaten in the same prompt, a tie counts half
-        g = prompt_key(kept)
-        kept = kept.with_columns(*(segment_rank(g, kept[c], descending=False, method="average")
+        kept = kept.with_columns(*(segment_rank(g_kept, kept[c], descending=False, method="average")
                                    .alias(c) for c in crit))
         agg = pl.sum_horizontal(cols) / len(cols) - 1.0
 
@@ -207,7 +211,7 @@ def build_rank(frame: pl.LazyFrame, cfg: RankConfig, ctx: StepContext) -> Built:
     if "rank" in schema and "rank" not in cfg.by:
         extra.append(pl.col("rank").alias("rank_input"))
     out = kept.with_columns(*extra).with_columns(agg.cast(pl.Float64).alias("score")).drop([ROW, "__drop", *crit])
-    g = prompt_key(out)
+    g = g_kept if g_kept.is_sorted() else prompt_key(out)
     out = out.with_columns(segment_rank(g, out["score"], descending=True).cast(pl.Int32).alias("rank"))
     per = pl.DataFrame({"g": g, "s": out["score"]}).group_by("g").agg(
         n=pl.len(), lo=pl.col("s").min(), hi=pl.col("s").max())
