@@ -214,7 +214,13 @@ class PairData:
         if recipe.data.alpha_column:
             need.append(recipe.data.alpha_column)
         require_columns(cols, need, f"loss {recipe.loss.get('name')!r}")
-        root = Path(recipe.data.media_root or ds.catalog_path or Path(ds.path or ".").parent)
+        if recipe.data.media_root:
+            root = Path(recipe.data.media_root)
+        elif ds.name is not None:                  # catalog dataset: media live under the catalog directory
+            from training.data import open_catalog
+            root = Path(open_catalog(recipe.catalog).root)
+        else:                                      # a parquet/Arrow file: media relative to its folder
+            root = Path(ds.path).parent
         self.paths = MediaPaths(root, Path(recipe.data.base_dir) if recipe.data.base_dir else root)
         rows = t.select(need + (["caption"] if "caption" in cols else [])).to_pylist()
         self.rows, self.dropped = [], 0
@@ -352,7 +358,7 @@ def train_diffusion(recipe: DiffusionRecipe, *, resume: bool = False) -> dict:
             dt = time.perf_counter() - t0
             last = {"step": step + 1, "loss": float(loss.detach()), "grad_norm": gn, "lr": tr.lr,
                     "examples": len(plan[step]), "examples_per_s": len(plan[step]) / dt, "step_time_s": dt,
-                    "mse_pol_w": float(batch.mse_pol_w.mean()), "mse_pol_l": float(batch.mse_pol_l.mean()),
+                    "mse_pol_w": float(batch.mse_pol_w.detach().mean()), "mse_pol_l": float(batch.mse_pol_l.detach().mean()),
                     "mse_ref_w": float(batch.mse_ref_w.mean()), "mse_ref_l": float(batch.mse_ref_l.mean()),
                     "peak_memory_mb": _peak_memory_mb()}
             if lo.chosen_reward is not None:
