@@ -114,6 +114,19 @@ def _print_table(table, *, title: str | None = None, max_width: int = 60) -> Non
     _console().print(t)
 
 
+def _recipe_keys(path: Path) -> set[str]:
+    """Top-level keys of a YAML recipe (to pick the trainer), with a one-line error for unreadable YAML."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise PrefdataError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise PrefdataError(f"{path}: a recipe must be a YAML mapping")
+    return set(data)
+
+
 def _parse_mapping(items: list[str] | None) -> dict[str, str] | None:
     if not items:
         return None
@@ -364,11 +377,20 @@ def train(
     catalog: CatalogOpt = None,
     as_json: JsonOpt = False,
 ):
-    """Train a model with a DPO-family loss on a catalog dataset or a parquet file."""
-    from training.run import train_from_recipe
+    """Train a model with a DPO-family loss on a catalog dataset or a parquet file.
 
+    A recipe with a top-level `denoiser:` section trains a diffusion model (Diffusion-DPO family)."""
     path = _catalog_path(catalog)
-    result = train_from_recipe(recipe, catalog_path=path if path.exists() else None, resume=resume)
+    if _recipe_keys(recipe) & {"denoiser"}:
+        from training.diffusion import train_diffusion_from_recipe
+
+        # the diffusion recipe reads `catalog:` from the YAML; --catalog / env fill it in when absent
+        os.environ.setdefault("PREFDATA_CATALOG", str(path))
+        result = train_diffusion_from_recipe(recipe, resume=resume)
+    else:
+        from training.run import train_from_recipe
+
+        result = train_from_recipe(recipe, catalog_path=path if path.exists() else None, resume=resume)
     if as_json:
         _print_json(result)
 
