@@ -83,41 +83,38 @@ def _quantile_stages(ease: pl.Series, stages: int) -> pl.Series:
 def build_curriculum(frame: pl.LazyFrame, cfg: CurriculumConfig, ctx: StepContext) -> Built:
     schema = frame.collect_schema()
     value, shown, higher_easier = _difficulty(schema, cfg)
-    df = frame.with_row_index(ROW).with_columns(
-        __v=value, __drop=pl.when(value.is_null() | value.is_nan()).then(pl.lit(f"{shown} is null"))).collect()
-    if cfg.missing == "error":
-        raise_on_missing(df, "__drop", "curriculum")
-    ok = df.filter(pl.col("__drop").is_null())
-    # __ease: smaller = easier, whatever the direction of the raw value
-    ease = -pl.col("__v") if higher_easier else pl.col("__v")
+    df = frame.collect()
+    # the stage is worked out on a narrow table; the wide pairs table is gathered once at the end
+    ease = -pl.col("__v") if higher_easier else pl.col("__v")      # smaller = easier
     if cfg.order == "hard_to_easy":
         ease = -ease
-    ok = ok.with_columns(__ease=ease)
-    overflow_drop = pl.lit(None, pl.String)
+    narrow = df.select(value.alias("__v")).with_row_index(ROW).with_columns(
+        __drop=pl.when(pl.col("__v").is_null() | pl.col("__v").is_nan()).then(pl.lit(f"{shown} is null")))
+    if cfg.missing == "error":
+        raise_on_missing(narrow, "__drop", "curriculum")
+    ok = narrow.filter(pl.col("__drop").is_null()).with_columns(__ease=ease)
     if cfg.by == "kth_easiest":
-        cs = pl.col("score_chosen") if "score_chosen" in ok.columns else pl.lit(0.0)
-        within = pl.struct(pl.col("__ease"), -cs.fill_null(0.0), "chosen_id", "rejected_id") \
+        cs = df["score_chosen"] if "score_chosen" in df.columns else pl.Series([0.0] * df.height)
+        keys = df.select("prompt_id", "chosen_id", "rejected_id").with_columns(__cs=cs.fill_null(0.0))[ok[ROW]]
+        within = pl.struct(pl.col("__ease"), -pl.col("__cs"), "chosen_id", "rejected_id") \
             .rank("ordinal").over("prompt_id") - 1
-        ok = ok.with_columns(__k=within.cast(pl.Int32))
-        n_stages = cfg.stages or (int(ok["__k"].max()) + 1 if ok.height else 1)
+        k = pl.concat([ok, keys], how="horizontal").select(within.cast(pl.Int32)).to_series()
+        n_stages = cfg.stages or (int(k.max()) + 1 if ok.height else 1)
+        ok = ok.with_columns(stage=k.clip(0, n_stages - 1).cast(pl.Int32))
         if cfg.overflow == "drop":
-            overflow_drop = pl.when(pl.col("__k") >= n_stages).then(pl.lit(f"beyond stage {n_stages - 1}"))
-        ok = ok.with_columns(stage=pl.col("__k").clip(0, n_stages - 1).cast(pl.Int32))
+            ok = ok.with_columns(__drop=pl.when(k >= n_stages).then(pl.lit(f"beyond stage {n_stages - 1}")))
     else:
         n_stages = cfg.stages
         ok = ok.with_columns(stage=_quantile_stages(ok["__ease"], n_stages))
-    ok = ok.with_columns(__drop=overflow_drop)
-    acct = pl.concat([df.filter(pl.col("__drop").is_not_null()).select(ROW, "__drop"), ok.select(ROW, "__drop")])
-    drops = count_reasons(acct, "__drop")
-    out = ok.filter(pl.col("__drop").is_null())
+    drops = {**count_reasons(narrow, "__drop"), **count_reasons(ok, "__drop")}
+    kept = ok.filter(pl.col("__drop").is_null()) if drops else ok
     # stable sort by stage (rows are in input order already): one radix argsort, one gather of the table
-    out = out[np.argsort(out["stage"].to_numpy(), kind="stable")]
-    ranges = out.group_by("stage").agg(pl.len().alias("n"), pl.col("__v").min().alias("lo"),
-                                       pl.col("__v").max().alias("hi")).sort("stage")
+    kept = kept[np.argsort(kept["stage"].to_numpy(), kind="stable")]
+    out = df[kept[ROW]].with_columns(stage=kept["stage"])
+    ranges = kept.group_by("stage").agg(pl.len().alias("n"), pl.col("__v").min().alias("lo"),
+                                        pl.col("__v").max().alias("hi")).sort("stage")
     size_of = dict(zip(ranges["stage"].to_list(), ranges["n"].to_list(), strict=True))
     sizes = [int(size_of.get(s, 0)) for s in range(n_stages)]
-    cols = [c for c in df.columns if c not in (ROW, "__v", "__drop", "__ease", "__k")]
-    out = out.select(cols)
     info = {"stages": n_stages, "stage_sizes": sizes, "by": cfg.by, "order": cfg.order,
             "stage_ranges": {int(s): [lo, hi] for s, _, lo, hi in ranges.iter_rows()}}
     summary = " · ".join(f"stage {i}: {n:,}" for i, n in enumerate(sizes))

@@ -127,20 +127,31 @@ def _all_pairs(valid: pl.DataFrame, threshold: float) -> pl.DataFrame:
             pl.col("score_d").alias("s_r"), pl.col("_pos").alias("c_pos"), pl.col("_pos_d").alias("r_pos"),
             d.alias("margin"))]
     else:
+        # eager, one offset at a time: the two halves are zero-copy slices, so memory stays at the
+        # size of the pairs found rather than of shifted copies of the whole table
         parts = []
+        base = valid.select("_g", ROW, "score", "_pos")
+        n = base.height
         for off in range(1, biggest):
-            both = v.with_columns(pl.col("_g", ROW, "score", "_pos").shift(-off).name.suffix("_d")) \
-                .filter(pl.col("_g") == pl.col("_g_d"))
-            down = (pl.col("score") - pl.col("score_d")).round(DECIMALS)    # this row chosen
-            up = (pl.col("score_d") - pl.col("score")).round(DECIMALS)      # the row `off` below chosen
-            parts.append(both.filter(down > threshold).select(
-                "_g", pl.col(ROW).alias("c"), pl.col(f"{ROW}_d").alias("r"), pl.col("score").alias("s_c"),
-                pl.col("score_d").alias("s_r"), pl.col("_pos").alias("c_pos"), pl.col("_pos_d").alias("r_pos"),
-                down.alias("margin")))
-            parts.append(both.filter(up > threshold).select(
-                "_g", pl.col(f"{ROW}_d").alias("c"), pl.col(ROW).alias("r"), pl.col("score_d").alias("s_c"),
-                pl.col("score").alias("s_r"), pl.col("_pos_d").alias("c_pos"), pl.col("_pos").alias("r_pos"),
-                up.alias("margin")))
+            top = base.slice(0, n - off)
+            down_rows = base.slice(off).rename(lambda c: f"{c}_d")
+            both = pl.concat([top, down_rows], how="horizontal")
+            same = both["_g"] == both["_g_d"]
+            down = (both["score"] - both["score_d"]).round(DECIMALS)     # this row chosen
+            up = (both["score_d"] - both["score"]).round(DECIMALS)       # the row `off` below chosen
+            fwd = both.filter(same & (down > threshold))
+            parts.append(pl.DataFrame({"_g": fwd["_g"], "c": fwd[ROW], "r": fwd[f"{ROW}_d"], "s_c": fwd["score"],
+                                       "s_r": fwd["score_d"], "c_pos": fwd["_pos"], "r_pos": fwd["_pos_d"],
+                                       "margin": down.filter(same & (down > threshold))}))
+            bwd = both.filter(same & (up > threshold))
+            parts.append(pl.DataFrame({"_g": bwd["_g"], "c": bwd[f"{ROW}_d"], "r": bwd[ROW], "s_c": bwd["score_d"],
+                                       "s_r": bwd["score"], "c_pos": bwd["_pos_d"], "r_pos": bwd["_pos"],
+                                       "margin": up.filter(same & (up > threshold))}))
+            del both, same, down, up, fwd, bwd
+        if parts:
+            out = pl.concat(parts)
+            del parts
+            return out[sort_order(out, ["_g", "c_pos", "r_pos"], max(biggest, 1))]
     if not parts:
         return pl.DataFrame(schema={c: t for c, t in zip(PAIR_COLS, [pl.UInt32, pl.UInt32, pl.UInt32, pl.Float64,
                                     pl.Float64, pl.Int64, pl.Int64, pl.Float64], strict=True)})
@@ -283,10 +294,10 @@ def build_pairs(frame: pl.LazyFrame, cfg: PairsConfig, ctx: StepContext) -> Buil
         order = ["_g", "margin", "s_c", "c_pos", "r_pos"], [False, True, True, False, False]
     else:
         order = ["_g", "c_pos", "r_pos"], [False, False, False]
-    sel = cand.filter(pl.col("sel"))
+    sel = cand if cand["sel"].all() else cand.filter(pl.col("sel"))
     if cfg.strategy == "curry":
         sel = sel.sort(order[0], descending=order[1])
-    else:
+    elif structural is not None:      # all_pairs comes out of _all_pairs in this order already
         sel = sel[sort_order(sel, order[0], int(valid["_n"].max() or 1))]
     out = pair_output(df, sel, cfg.strategy)
 
