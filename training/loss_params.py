@@ -210,6 +210,11 @@ class DiffusionScriptParams(LossParams):
         return 0.5 * self.beta_dpo if self.scale == "-0.5*beta_dpo" else self.beta_dpo
 
 
+class DiffusionIpoParams(LossParams):
+    beta: float = Field(0.1, gt=0.0, description="IPO tau: the target margin is 1/(2 beta)")
+    t_scale: float = Field(1000.0, gt=0.0, description="T * omega(lambda_t) folded: diffusion log-ratio per unit MSE")
+
+
 class SmpoDiffusionParams(LossParams):
     beta_T: float = Field(5000.0, gt=0.0)
     alpha: float | None = Field(None, ge=0.0, le=1.0)

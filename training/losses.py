@@ -553,6 +553,14 @@ def diffusion_dpo_script_form(b: DiffusionBatch, p: P.DiffusionScriptParams) -> 
     return _pair_out(-logsigmoid(gw - gl), gw, gl)
 
 
+def diffusion_ipo(b: DiffusionBatch, p: P.DiffusionIpoParams) -> LossOut:
+    """Diffusion-DPO's IPO variant: (h - 1/(2 beta))^2 with h = -t_scale [(e_w - e_ref_w) - (e_l - e_ref_l)],
+    the diffusion log-ratio margin (ELBO form). Squared loss: it also pulls back margins beyond the target,
+    which is IPO's guard against the over-fitting DPO shows on deterministic preferences."""
+    gw, gl = _diffusion_rewards(b, "diffusion_ipo", p.t_scale)
+    return _pair_out((gw - gl - 1.0 / (2.0 * p.beta)) ** 2, gw, gl)
+
+
 def smpo_diffusion(b: DiffusionBatch, p: P.SmpoDiffusionParams) -> LossOut:
     """SmPO-Diffusion: Diffusion-DPO (paper form) logit scaled by (2 alpha - gamma)."""
     gw, gl = _diffusion_rewards(b, "smpo_diffusion", p.beta_T)
@@ -659,6 +667,8 @@ LOSSES: dict[str, LossSpec] = {
                                           "Diffusion-DPO script: -log s(-0.5 beta_dpo [(e_w-e_l) - (e_rw-e_rl)])"),
     "dcpo": _spec(diffusion_dpo_script_form, P.DiffusionScriptParams, _DIFF, "diffusion",
                   "DCPO (dual captions): Diffusion-DPO script form, loser errors under caption c_l"),
+    "diffusion_ipo": _spec(diffusion_ipo, P.DiffusionIpoParams, _DIFF, "diffusion",
+                           "Diffusion-IPO: (-t_scale [(e_w-e_rw) - (e_l-e_rl)] - 1/(2 beta))^2"),
     "smpo_diffusion": _spec(smpo_diffusion, P.SmpoDiffusionParams, _DIFF, "diffusion",
                             "SmPO-Diffusion: Diffusion-DPO logit scaled by (2 alpha - gamma)"),
     "densedpo_segment_mean": _spec(densedpo_segment_mean, P.DenseDpoParams, {"diffusion", "segments"},

@@ -146,6 +146,8 @@ CASES = [
     # 0.5 * 1000 * 0.002 = 1 -> sp(-1)
     ("diffusion_dpo_diffusers_form", {"beta_dpo": 1000}, diff, [0.31326168751822286]),
     ("dcpo", {"beta_dpo": 1000}, diff, [0.31326168751822286]),
+    # h = 1000 * 0.002 = 2, target 1/(2*0.1) = 5 -> (2 - 5)^2 = 9
+    ("diffusion_ipo", {"beta": 0.1, "t_scale": 1000}, diff, [9.0]),
     # alpha 0.75: (2*0.75 - 1) * 2 = 1 -> sp(-1)
     ("smpo_diffusion", {"beta_T": 1000}, lambda: diff(alpha=0.75), [0.31326168751822286]),
     # video 1: B wins segment 0: -log s(-1000 * (d_B - d_A)) = -log s(-1000 * (-0.002)) = sp(-2); tie skipped
