@@ -72,7 +72,7 @@ def save_clip_tokenizer(path: Path):
     (path / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n")
     sot, eot = st.decoder[st.sot_token_id], st.decoder[st.eot_token_id]
     tok = CLIPTokenizer(str(path / "vocab.json"), str(path / "merges.txt"), bos_token=sot, eos_token=eot, pad_token=eot,
-                        unk_token=eot)
+                        unk_token=eot, model_max_length=77)
     tok.save_pretrained(path)
     return tok
 
@@ -146,3 +146,29 @@ def tiny_chat_reward_model(tmp_path_factory) -> Path:
                                                num_labels=1, pad_token_id=tok.pad_token_id)).save_pretrained(path)
     tok.save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_diffusion(tmp_path_factory) -> Path:
+    """A tiny random StableDiffusionPipeline (UNet, VAE, CLIP text encoder from tiny configs), saved and loaded
+    back by the diffusers backend."""
+    import torch
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+    path = tmp_path_factory.mktemp("tiny_sd")
+    tok = save_clip_tokenizer(path / "_tok")
+    torch.manual_seed(5)
+    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
+                                block_out_channels=(32, 64), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32,
+                                attention_head_dim=8, norm_num_groups=16)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, block_out_channels=(16, 32), latent_channels=4,
+                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                        norm_num_groups=16)
+    text = CLIPTextModel(CLIPTextConfig(**{k: v for k, v in TINY_TEXT.items() if k != "projection_dim"},
+                                        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                                        pad_token_id=tok.pad_token_id))
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=tok, unet=unet, scheduler=DDIMScheduler(),
+                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.save_pretrained(path / "pipe")
+    return path / "pipe"
