@@ -28,6 +28,7 @@ from training.data import TrainData
 from training.forward import group_logps
 from training.logps import SequenceLogps
 from training.losses import LossSpec, RunningMean
+from training.packing import split_by_tokens
 from training.plan import Step, stage_starts
 from training.recipe import TrainRecipe
 
@@ -104,7 +105,17 @@ class Trainer:
         lo = s.spec.fn(batch, s.params)
         if self.bco is not None:
             self.bco.update(lo.metrics["bco_reward_mean"])
-        return (lo.loss * batch.weight).mean(), lo, sum(g.n_tokens for g in groups), out.sums
+        return (lo.loss * batch.weight).sum(), lo, sum(g.n_tokens for g in groups), out.sums
+
+    def parts(self, idx: tuple[int, ...]) -> list[tuple[int, ...]]:
+        """Sub-batches that are forwarded AND backpropagated one at a time, so only one sub-batch's activations
+        live at once. Only for losses that are a sum of per-example terms; a batch-level term (RPO/CPO/SimPO
+        NLL over the batch's tokens, BCO's running mean) keeps the micro-batch whole (graphs alive until one
+        backward, still forwarded in token-budget sub-batches)."""
+        if "nll" in self.s.spec.needs or self.bco is not None:
+            return [idx]
+        split = split_by_tokens([self.s.data.groups[i] for i in idx], self.token_budget)
+        return [tuple(idx[i] for i in part) for part in split]
 
     @torch.no_grad()
     def refresh_reference(self, stage: int) -> None:
@@ -181,12 +192,13 @@ class Trainer:
                 t0 = time.perf_counter()
                 sums = {"loss": 0.0, "acc": 0.0, "rc": 0.0, "rr": 0.0, "n_reward": 0, "tokens": 0}
                 extra: dict[str, float] = {}
-                for j, idx in enumerate(plan.micro):
-                    ctx = self.acc.no_sync(self.model) if j < len(plan.micro) - 1 else _nullcontext()
+                parts = [p for idx in plan.micro for p in self.parts(idx)]
+                for j, idx in enumerate(parts):
+                    ctx = self.acc.no_sync(self.model) if j < len(parts) - 1 else _nullcontext()
                     with ctx:
                         loss, lo, ntok, lo_sums = self.micro_loss(idx)
-                        self.acc.backward(loss * len(idx) / plan.examples)
-                    sums["loss"] += float(loss.detach()) * len(idx) / plan.examples
+                        self.acc.backward(loss / plan.examples)
+                    sums["loss"] += float(loss.detach()) / plan.examples
                     sums["tokens"] += ntok
                     if s.data.kind == "pairs":  # mean policy log-probs, as TRL logs them (logps/chosen)
                         extra["logps_chosen"] = extra.get("logps_chosen", 0.0) + float(
@@ -200,7 +212,7 @@ class Trainer:
                         sums["rr"] += float(rr.sum())
                         sums["n_reward"] += len(cr)
                     for k, v in lo.metrics.items():
-                        extra[k] = extra.get(k, 0.0) + float(v.detach().float().mean()) / len(plan.micro)
+                        extra[k] = extra.get(k, 0.0) + float(v.detach().float().mean()) * len(idx) / plan.examples
                 lr = self.sched.get_last_lr()[0]  # the rate this step uses
                 grad_norm = None
                 if t.max_grad_norm is not None:

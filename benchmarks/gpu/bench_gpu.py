@@ -79,7 +79,7 @@ def worker_ours(model, data, out, steps, batch, max_length, device) -> dict:
               "reference": {"model": model},
               "train": {"batch_size": batch, "max_length": max_length, "lr": 1e-6, "warmup_ratio": 0.0,
                         "max_steps": steps, "seed": 0, "mixed_precision": "bf16" if device == "cuda" else "no",
-                        "token_budget": 1 << 20}}
+                        "token_budget": 4096}}
     p = Path(out + ".yaml")
     p.write_text(yaml.safe_dump(recipe))
     train_from_recipe(p)
