@@ -10,8 +10,10 @@ the same rank and never form a pair. Strategies decide which pairs are *candidat
                  (R1-Rk .. Rk-1-Rk), ordered easy -> hard by rating gap (chosen score breaks gap ties)
 argmax/argmin ties are broken by input position within the prompt (`tie_break: index`) or by a seeded
 random draw over response ids (`tie_break: seeded`); `max_pairs_per_prompt` keeps a seeded random
-subset (or the largest margins). Random draws come from numpy's PCG64 over pairs sorted by ids, so the
-choice depends on seed and content only, not on row order or the polars version.
+subset (or the largest margins). Every random draw is a stable hash (builders/stable_hash.py) of
+(seed, prompt_id, response_id) for tie-breaks and of (seed, prompt_id, chosen_id, rejected_id) for pair
+selection: a prompt's choice depends on the seed and its own rows only, not on other prompts, row order,
+partitioning, the process or the polars version.
 
 Margins are rounded to 12 decimals before any comparison, so 0.9 - 0.7 counts as 0.2 (not
 0.20000000000000007) and a min_margin of 0.2 behaves as written.
@@ -30,6 +32,7 @@ from pydantic import Field
 
 from builders.base import Built, StepConfig, StepContext
 from builders.rank import ROW, count_reasons, missing_reason, prompt_key
+from builders.stable_hash import combine, seeded_hash, to_unit
 from prefdata.errors import SchemaError
 
 Strategy = Literal["best_vs_worst", "best_vs_all", "all_pairs", "adjacent", "curry"]
@@ -63,11 +66,15 @@ class PairsConfig(StepConfig):
 
 
 def seeded_keys(frame: pl.DataFrame, by: list[str], seed: int) -> pl.Series:
-    """Uniform random keys for `frame`'s rows, drawn in the order of `by` (ids), returned in frame order."""
-    order = frame.select(pl.arg_sort_by(by)).to_series().to_numpy()
-    keys = np.empty(frame.height)
-    keys[order] = np.random.Generator(np.random.PCG64(seed)).random(frame.height)
-    return pl.Series(keys)
+    """A uniform key in [0, 1) per row, a stable hash of (seed, *by): each row's key depends on its own
+    ids only, so a prompt's draw never changes when other prompts are added, removed or partitioned."""
+    return pl.Series(to_unit(seeded_hash(seed, *(frame[c] for c in by))))
+
+
+def pair_keys(resp_keys: np.ndarray, c: np.ndarray, r: np.ndarray) -> np.ndarray:
+    """Key of the pair (c, r) from its responses' seeded hashes: combine(h(seed, prompt, chosen),
+    h(seed, prompt, rejected)), order-sensitive, a function of (seed, prompt_id, chosen_id, rejected_id)."""
+    return to_unit(combine(resp_keys[c], resp_keys[r]))
 
 
 def _extreme(valid: pl.DataFrame, best: bool) -> pl.DataFrame:
@@ -185,10 +192,12 @@ def _select(cand: pl.DataFrame, df: pl.DataFrame, cfg: PairsConfig, seed: int) -
     if cfg.max_pairs_per_prompt is None:
         return cand["pass"]
     if cfg.select == "random":
-        ids = df.select(pl.col("prompt_id"), pl.col("response_id"))
-        keyed = cand.select(pid=ids["prompt_id"].gather(cand["c"]), cid=ids["response_id"].gather(cand["c"]),
-                            rid=ids["response_id"].gather(cand["r"]))
-        cand = cand.with_columns(_key=seeded_keys(keyed, ["pid", "cid", "rid"], seed))
+        # one hash per response, then a cheap mix per candidate pair (pairs outnumber responses)
+        resp = seeded_hash(seed, df["prompt_id"], df["response_id"])
+        key = pair_keys(resp, cand["c"].to_numpy(), cand["r"].to_numpy())
+        # ids break the (2^-53-likely) tie of two equal keys, so the choice never depends on row order
+        cand = cand.with_columns(_key=pl.struct(_k=pl.Series(key), _c=df["response_id"].gather(cand["c"]),
+                                                _r=df["response_id"].gather(cand["r"])))
     else:
         cand = cand.with_columns(_key=pl.struct(-pl.col("margin"), -pl.col("s_c"), "c_pos", "r_pos"))
     order = pl.when(pl.col("pass")).then(pl.col("_key")).rank("ordinal").over("_g")

@@ -45,11 +45,7 @@ PART, SEQ, SRC = "__part", "__seq", "__src_row"
 def is_prompt_local(step: str, cfg: Any) -> bool:
     if step == "rank" and getattr(cfg, "aggregate", None) == "zscore_mean":
         return False   # z-scores use the mean/std over the whole dataset
-    if step == "pairs" and (getattr(cfg, "tie_break", None) == "seeded" or (
-            getattr(cfg, "max_pairs_per_prompt", None) and getattr(cfg, "select", None) == "random")):
-        # builders.pairs.seeded_keys draws ONE random stream over all pairs sorted by id: a prompt's draw
-        # depends on every other prompt, so a partition would draw differently
-        return False
+    # pairs' seeded draws hash (seed, prompt, ids) per prompt (builders/stable_hash.py): prompt-local too
     return step in PROMPT_LOCAL
 
 

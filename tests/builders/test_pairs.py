@@ -174,3 +174,37 @@ def test_an_unscored_copy_does_not_shadow_a_scored_one(ctx):
     built = build_pairs(df.lazy(), PairsConfig(), ctx)
     assert pair_ids(check(built, 4)) == ids((2, 1))
     assert built.drops == {"score is null": 1, "duplicate response text": 1}
+
+
+SEEDED = [PairsConfig(strategy="all_pairs", max_pairs_per_prompt=2, seed=5),
+          PairsConfig(strategy="best_vs_all", tie_break="seeded", seed=5),
+          PairsConfig(strategy="adjacent", tie_break="seeded", max_pairs_per_prompt=1, seed=5)]
+
+
+@pytest.mark.parametrize("cfg", SEEDED, ids=["max_pairs_random", "tie_break_seeded", "both"])
+def test_seeded_choice_is_local_to_the_prompt(ctx, cfg):
+    # each draw is a hash of (seed, prompt, ids): another prompt's presence cannot move it
+    base = {f"p{i}": [5, 5, 3, 3, 1, 0][: 3 + i % 4] for i in range(8)}
+    alone = check(build_pairs(responses(base).lazy(), cfg, ctx), sum(len(v) for v in base.values()))
+    more = {**base, "extra": [9, 9, 8, 7, 1], "zz": [4, 4, 4, 0]}
+    with_extra = build_pairs(responses(more).lazy(), cfg, ctx).frame.collect()
+    assert pair_ids(with_extra.filter(~pl.col("prompt_id").is_in(["extra", "zz"]))) == pair_ids(alone)
+    # two partitions of whole prompts, concatenated in order == one run over everything
+    first, second = responses({k: more[k] for k in list(more)[:5]}), responses({k: more[k] for k in list(more)[5:]})
+    parts = [build_pairs(p.lazy(), cfg, ctx).frame.collect() for p in (first, second)]
+    assert pl.concat(parts).equals(with_extra)
+
+
+def test_seeded_keys_are_a_stable_hash():
+    # pinned values: the same in every process and polars version (a salted or library hash would drift)
+    from builders.pairs import seeded_keys
+    from builders.stable_hash import hash_strings
+    assert hash_strings(pl.Series(["", "a", "ab", "ba"])).tolist() == [
+        16294208416658607535, 13613737148421273017, 11154095557799433372, 16327267165160486406]
+    keys = seeded_keys(pl.DataFrame({"p": ["x", "x", "y"], "r": ["1", "2", "1"]}), ["p", "r"], 7).to_list()
+    assert len(set(keys)) == 3 and all(0.0 <= k < 1.0 for k in keys)
+    # a row's key depends on its own values only, not on the other rows or their order
+    single = [seeded_keys(pl.DataFrame({"p": [p], "r": [r]}), ["p", "r"], 7).item() for p, r in
+              [("x", "1"), ("x", "2"), ("y", "1")]]
+    assert keys == single
+    assert seeded_keys(pl.DataFrame({"p": ["x"], "r": ["1"]}), ["p", "r"], 8).item() != keys[0]
