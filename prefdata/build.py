@@ -119,7 +119,11 @@ def _load_source(recipe: Recipe, cat) -> _Source:
     from prefdata.ingest import read_source
 
     path = recipe.source_path
-    res = read_source(path, format=src.format, mapping=src.mapping)
+    # media bytes in the source (Pick-a-Pic jpg_0/jpg_1) are stored content-addressed under the catalog,
+    # where the dataset's relative media URIs resolve
+    root = getattr(cat, "root", None)
+    res = read_source(path, format=src.format, mapping=src.mapping,
+                      media_dir=Path(root) if root is not None else None)
     name = f"{recipe.name}-source"
     latest = _latest(cat, name)
     same = latest is not None and latest.get("content_hash") == content_hash(res.table)

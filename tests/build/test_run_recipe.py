@@ -134,3 +134,16 @@ def test_accounting_violation_is_a_bug_not_silence():
                           "response": list("abc")}).lazy()
     with pytest.raises(AccountingError, match=r"steps\[0\]\.pairs: rows_in 3 != rows_kept 1 \+ dropped 1"):
         run_step(step, frame, "responses", None, lambda s, f, c: s.fn(f, s.config, c), file="t.yaml")
+
+
+def test_pick_a_pic_file_source_stores_images_under_the_catalog(tmp_path):
+    # the fixture holds image bytes (jpg_0/jpg_1): the build stores them in the catalog, URIs relative to it
+    cat = Catalog.open(tmp_path / "cat")
+    src = ROOT / "tests" / "data" / "pick_a_pic_sample.parquet"
+    r = write(tmp_path, f"name: pap\nsource: {{path: {src}, format: pick-a-pic}}\nsteps:\n  - filter: {{}}\n")
+    res = run_recipe(r, cat, progress=False)
+    assert res.kind == "pairs" and res.rows == 2 and res.steps[0].rows_in == 2      # the tie row is dropped
+    table = pl.from_arrow(cat.read("pap"))
+    uris = table["chosen"].to_list() + table["rejected"].to_list() + table["images"].explode().to_list()
+    assert len(uris) == 8 and all(u.startswith("media/") and (cat.root / u).is_file() for u in uris)
+    assert cat.read("pap-source").num_rows == 2
