@@ -157,6 +157,26 @@ class Catalog:
         return write_version(self, name, table, message=message, user_lineage=lineage, mode=mode,
                              lock_timeout_s=lock_timeout_s, max_retries=max_retries)
 
+    def write_batches(self, name: str, batches: Any, *, schema: pa.Schema | None = None, message: str = "",
+                      lineage: Mapping[str, Any] | None = None, mode: str = "overwrite",
+                      lock_timeout_s: float = 120.0, max_retries: int = 10,
+                      skip_if_hash: str | None = None) -> int | None:
+        """Commit a stream of record batches (a RecordBatchReader, or an iterable of batches with `schema`)
+        as ONE new version, with the same content hash and lineage as `write` of the same rows, without
+        holding the table in memory. mode: "overwrite" or "create". With `skip_if_hash`, nothing is committed
+        when the stream's content hash equals it, and None is returned."""
+        from catalog.writer import write_stream
+
+        validate_name(name)
+        if not isinstance(message, str):
+            raise PrefdataError(f"message must be a string, got {type(message).__name__}")
+        if isinstance(batches, pa.RecordBatchReader):
+            schema = schema or batches.schema
+        elif schema is None:
+            raise PrefdataError("write_batches needs schema= when given an iterable of record batches")
+        return write_stream(self, name, batches, schema, message=message, user_lineage=lineage, mode=mode,
+                            lock_timeout_s=lock_timeout_s, max_retries=max_retries, skip_if_hash=skip_if_hash)
+
     # ---------------------------------------------------------------------------------- tags
     def tag(self, name: str, version: int | str, tag: str, *, force: bool = False) -> int:
         """Point `tag` at a version (int or another tag); returns the version number. Moving an existing

@@ -187,22 +187,43 @@ def combine(schema: pa.Schema, num_rows: int, digests: Sequence[bytes]) -> str:
     return h.hexdigest()
 
 
+class StreamHasher:
+    """The content hash of rows arriving in record batches of any size: full blocks are hashed as soon as
+    they are complete, so memory stays at one block. `feed` batches in order, then `finish`."""
+
+    def __init__(self, schema: pa.Schema):
+        self.schema = schema
+        self.digests: list[bytes] = []
+        self.pending: list[pa.RecordBatch] = []
+        self.buffered = 0
+        self.rows = 0
+
+    def feed(self, batch: pa.RecordBatch) -> None:
+        self.pending.append(batch)
+        self.rows += batch.num_rows
+        self.buffered += batch.num_rows
+        if self.buffered >= BLOCK_ROWS:
+            tab = pa.Table.from_batches(self.pending, schema=self.schema)
+            full = self.buffered - self.buffered % BLOCK_ROWS
+            self.digests += block_digests(tab.slice(0, full))
+            self.pending = tab.slice(full).to_batches()
+            self.buffered -= full
+
+    def finish(self) -> tuple[str, list[bytes], int]:
+        """(content hash, full-and-last block digests, rows)."""
+        if self.pending:
+            self.digests += block_digests(pa.Table.from_batches(self.pending, schema=self.schema))
+            self.pending, self.buffered = [], 0
+        return combine(self.schema, self.rows, self.digests), self.digests, self.rows
+
+
 def content_hash(table: pa.Table | Iterable[pa.RecordBatch], schema: pa.Schema | None = None) -> str:
     """sha256 of the rows of `table` (a Table, or record batches with `schema`) in order."""
     if isinstance(table, pa.Table):
         return combine(table.schema, table.num_rows, block_digests(table))
     if schema is None:
         raise ValueError("schema is required when hashing a stream of record batches")
-    digests, pending, rows = [], [], 0
+    hasher = StreamHasher(schema)
     for batch in table:
-        pending.append(batch)
-        rows += batch.num_rows
-        buffered = sum(b.num_rows for b in pending)
-        if buffered >= BLOCK_ROWS:
-            tab = pa.Table.from_batches(pending, schema=schema)
-            full = buffered - buffered % BLOCK_ROWS
-            digests += block_digests(tab.slice(0, full))
-            pending = tab.slice(full).to_batches()
-    if pending:
-        digests += block_digests(pa.Table.from_batches(pending, schema=schema))
-    return combine(schema, rows, digests)
+        hasher.feed(batch)
+    return hasher.finish()[0]

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import time
 import warnings
+from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import lance
@@ -22,7 +24,7 @@ from lance.commit import CommitConflictError
 
 from catalog import hashing, lineage
 from catalog.errors import DatasetExists
-from prefdata.errors import CommitConflict, SchemaError
+from prefdata.errors import CommitConflict, PrefdataError, SchemaError
 
 if TYPE_CHECKING:
     from catalog.core import Catalog
@@ -115,4 +117,72 @@ def write_version(cat: Catalog, name: str, table: pa.Table, *, message: str, use
                 warnings.warn(f"{name}@{ds.version}: another writer bypassed the catalog lock; its content hash "
                               f"may be stale (run Catalog.verify)", RuntimeWarning, stacklevel=3)
             return ds.version
+    raise CommitConflict(name, f"commit conflict persisted after {max_retries} attempts; retries exhausted")
+
+
+def _hashed(batches: Iterable[pa.RecordBatch], schema: pa.Schema, hasher: hashing.StreamHasher,
+            name: str, failed: list[BaseException]) -> Iterator[pa.RecordBatch]:
+    # Lance wraps an exception raised while it pulls batches in an OSError: keep the original to re-raise
+    try:
+        for batch in batches:
+            if not batch.schema.equals(schema):
+                raise SchemaError(f"write_batches to {name!r}: a batch has schema {batch.schema}, "
+                                  f"expected {schema}")
+            hasher.feed(batch)
+            yield batch
+    except BaseException as e:
+        failed.append(e)
+        raise
+
+
+def _remove_written(uri: str, operation: Any) -> None:
+    """Delete the data files of an uncommitted write (never referenced by any version; we hold the lock)."""
+    for frag in getattr(operation, "fragments", None) or getattr(operation, "new_fragments", None) or []:
+        for f in frag.files:
+            Path(uri, "data", f.path).unlink(missing_ok=True)
+
+
+def write_stream(cat: Catalog, name: str, batches: Iterable[pa.RecordBatch], schema: pa.Schema, *, message: str,
+                 user_lineage: dict[str, Any] | None, mode: Mode, lock_timeout_s: float, max_retries: int,
+                 skip_if_hash: str | None = None) -> int | None:
+    """One new version from a stream of record batches, never holding more than Lance's write buffer and
+    one hash block. The batches are consumed once, so only `overwrite` and `create` (whose result does not
+    depend on the base version) are supported; a commit conflict re-commits the same data files on the new
+    base. With `skip_if_hash`, a stream whose content hash equals it is not committed (its files are
+    removed) and None is returned."""
+    if mode not in ("overwrite", "create"):
+        raise PrefdataError(f"write_batches supports mode 'overwrite' or 'create', not {mode!r}")
+    prepared = lineage.prepare(user_lineage, resolve_input=cat.pin_input)
+    uri = cat.uri(name)
+    with cat.writer_lock(name, lock_timeout_s):
+        base = cat.open_latest(name)
+        if mode == "create" and base is not None:
+            raise DatasetExists(name, base.version)
+        hasher = hashing.StreamHasher(schema)
+        failed: list[BaseException] = []
+        reader = pa.RecordBatchReader.from_batches(schema, _hashed(batches, schema, hasher, name, failed))
+        op_mode = "overwrite" if base is not None else "create"
+        try:
+            written = lance.fragment.write_fragments(reader, uri, schema=schema, mode=op_mode,
+                                                     return_transaction=True)
+        except Exception:
+            if failed:       # the producer's own error (a SchemaError, a step failure), not Lance's wrapper
+                raise failed[0] from None
+            raise
+        digest, blocks, rows = hasher.finish()
+        if skip_if_hash is not None and digest == skip_if_hash:
+            _remove_written(uri, written.operation)
+            return None
+        for attempt in range(max_retries):
+            base = cat.open_latest(name)
+            base_version = base.version if base is not None else 0
+            rec = lineage.finish(prepared, message=message, mode=op_mode, base_version=base_version, rows=rows,
+                                 rows_written=rows, content_hash=digest)
+            props = lineage.to_properties(rec, [b.hex() for b in blocks[:rows // hashing.BLOCK_ROWS]])
+            tx = Transaction(read_version=base_version, operation=written.operation, transaction_properties=props)
+            try:
+                return LanceDataset.commit(uri, tx, max_retries=max_retries).version
+            except CommitConflictError:
+                time.sleep(min(0.01 * 2 ** attempt, 0.5))
+    _remove_written(uri, written.operation)
     raise CommitConflict(name, f"commit conflict persisted after {max_retries} attempts; retries exhausted")
