@@ -28,6 +28,9 @@ class ScoreConfig(StepConfig, frozen=True):
     output_kind: ClassVar[str] = "responses"
     scorers: list[Scorer] = Field(min_length=1)
     set_score: str | None = None                 # copy this scorer's value into `score`
+    # move (not copy) the set_score value out of `scores`, so `scores` holds only the other objectives —
+    # the layout MODPO training reads (every field of scores_chosen/scores_rejected is an "other" reward)
+    move_set_score: bool = False
     on_unscorable: Literal["drop", "keep"] = "drop"
 
     @model_validator(mode="after")
@@ -37,6 +40,8 @@ class ScoreConfig(StepConfig, frozen=True):
             raise ValueError(f"scorer names must be unique, got {names}")
         if self.set_score is not None and self.set_score not in names:
             raise ValueError(f"set_score {self.set_score!r} is not a scorer name ({names})")
+        if self.move_set_score and (self.set_score is None or len(names) < 2):
+            raise ValueError("move_set_score needs set_score and at least one other scorer")
         return self
 
 
@@ -65,9 +70,11 @@ def build_score(frame: pl.LazyFrame, cfg: ScoreConfig, ctx: StepContext) -> Buil
                          "mean": float(np.nanmean(res.values)) if np.isfinite(res.values).any() else None}
         for col, vals in res.extra.items():
             df = df.with_columns(pl.Series(col, vals))
-    df = with_scores(df, values)
     if cfg.set_score:
-        df = df.with_columns(pl.col("scores").struct.field(cfg.set_score).alias("score"))
+        df = df.with_columns(pl.Series("score", values[cfg.set_score], dtype=pl.Float64).fill_nan(None))
+        if cfg.move_set_score:
+            values = {k: v for k, v in values.items() if k != cfg.set_score}
+    df = with_scores(df, values)
     drops: dict[str, int] = {}
     if cfg.on_unscorable == "drop":
         bad = pl.Series([r is not None for r in reason], dtype=pl.Boolean)

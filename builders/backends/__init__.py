@@ -118,9 +118,21 @@ _BACKENDS = {
 }
 
 
+_LOADED: dict[tuple[str, str], object] = {}
+_KEEP = 2          # models kept loaded (a judge and a generator, or one model reused by several steps)
+
+
 def load_backend(spec: ModelSpec, base_dir: Path, *, path: str = "models"):
-    """Instantiate the backend `spec.backend` (module imported only now)."""
+    """Instantiate the backend `spec.backend` (module imported only now). The last few loaded backends are
+    kept, so steps of one build (generate, then judge with the same model) load a model once."""
     if spec.backend not in _BACKENDS:
         raise RecipeError(f"unknown backend {spec.backend!r}; known: {sorted(_BACKENDS)}", path=path)
+    key = (spec.model_dump_json(), str(Path(base_dir).resolve()))
+    if key in _LOADED:
+        return _LOADED[key]
     module, cls = _BACKENDS[spec.backend]
-    return getattr(importlib.import_module(module), cls)(spec, base_dir)
+    backend = getattr(importlib.import_module(module), cls)(spec, base_dir)
+    while len(_LOADED) >= _KEEP:
+        _LOADED.pop(next(iter(_LOADED)))
+    _LOADED[key] = backend
+    return backend

@@ -43,6 +43,7 @@ def test_sampling_is_per_row_seeded_and_batch_independent(tiny_lm):
     batched = [o.text for o in be.generate(reqs)]
     be.spec = spec.model_copy(update={"batch_size": 1})
     single = [o.text for o in be.generate(list(reversed(reqs)))][::-1]
+    be.spec = spec                                  # the backend is cached: leave it as loaded
     assert batched == single
     other_seed = be.generate([GenRequest("x", PROMPTS[1], None, s, 7)])[0].text
     assert len({batched[1], other_seed}) == 2        # another seed draws another sample

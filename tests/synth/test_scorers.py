@@ -180,3 +180,12 @@ def test_judge_through_a_generation_backend_unparsable_become_drops(tiny_lm, tmp
     b2, out2 = _run(frame, [spec], tmp_path)
     n_bad = sum(p is None for p in parsed)
     assert out2.height == 3 - n_bad and b2.drops.get("judge j: unparsable judgment", 0) == n_bad
+
+
+def test_move_set_score_leaves_only_other_objectives_in_scores(tmp_path):
+    scorers = [{"kind": "rules", "name": "short", "rule": "length", "max": 3},
+               {"kind": "rules", "name": "digits", "rule": "regex", "pattern": r"\d"}]
+    _, out = _run(_resp(["abc", "a 1 long answer"]), scorers, tmp_path, set_score="short", move_set_score=True)
+    assert out["score"].to_list() == [1.0, 0.0]
+    assert [f.name for f in out.schema["scores"].fields] == ["digits"]
+    assert out["scores"].struct.field("digits").to_list() == [0.0, 1.0]
