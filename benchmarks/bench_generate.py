@@ -47,7 +47,7 @@ def main() -> None:
     load_s = time.perf_counter() - t0            # model load (de-quantize) + one tiny generation
     # one pass over the same batches without per-shard commits: a single shard, batches of shard_size * n
     t0 = time.perf_counter()
-    single = build_generate(frame, cfg(args.prompts), StepContext(work_dir=work / "single", progress=False))
+    build_generate(frame, cfg(args.prompts), StepContext(work_dir=work / "single", progress=False))
     t_single = time.perf_counter() - t0
     t0 = time.perf_counter()
     sharded = build_generate(frame, cfg(args.shard_size), StepContext(work_dir=work / "sharded", progress=False))
