@@ -66,28 +66,46 @@ def _difficulty(schema: pl.Schema, cfg: CurriculumConfig) -> tuple[pl.Expr, str,
     return pl.col(cfg.by).cast(pl.Float64), cfg.by, cfg.higher_is_easier
 
 
-def _quantile_stages(ease: pl.Series, stages: int) -> pl.Series:
-    """Stage per pair from its place in the easy->hard order (smaller `ease` = easier). A stage depends only
-    on the value: a tie group (first..last position) takes the stage of its middle position. Computed on
-    the distinct values, so the wide pairs table is never sorted here."""
-    n = max(len(ease), 1)
-    groups = ease.value_counts(sort=False, name="cnt").sort(ease.name)
+def ease_expr(schema: pl.Schema, cfg: CurriculumConfig) -> tuple[pl.Expr, pl.Expr, str]:
+    """(difficulty value expr, its ease computed from the column "__v" (smaller = easier), shown name)."""
+    value, shown, higher_easier = _difficulty(schema, cfg)
+    ease = -pl.col("__v") if higher_easier else pl.col("__v")
+    if cfg.order == "hard_to_easy":
+        ease = -ease
+    return value, ease, shown
+
+
+def quantile_table(counts: pl.DataFrame, stages: int) -> pl.DataFrame:
+    """Stage per distinct ease value from `counts` (columns __ease, cnt, any order), sorted by __ease.
+    A tie group (first..last position in the easy->hard order) takes the stage of its middle position,
+    so a stage depends only on the value. The counts of several partitions can simply be added first:
+    the table, hence every pair's stage, is the same as over the whole table at once."""
+    groups = counts.sort("__ease")
+    n = max(int(groups["cnt"].sum()), 1)
     last = groups["cnt"].cum_sum() - 1
     first = last - groups["cnt"] + 1
-    stage = (((first + last) / 2.0) * stages / n).floor().clip(0, stages - 1).cast(pl.Int32)
-    # each pair's value is one of the sorted distinct values: look its stage up by binary search
-    at = np.searchsorted(groups[ease.name].to_numpy(), ease.to_numpy())
-    return pl.Series("stage", stage.to_numpy()[at], dtype=pl.Int32)
+    return groups.with_columns(
+        stage=(((first + last) / 2.0) * stages / n).floor().clip(0, stages - 1).cast(pl.Int32))
+
+
+def lookup_stages(ease: pl.Series, table: pl.DataFrame) -> pl.Series:
+    """Each value's stage from a quantile_table, by binary search over its sorted distinct values."""
+    at = np.searchsorted(table["__ease"].to_numpy(), ease.to_numpy())
+    return pl.Series("stage", table["stage"].to_numpy()[at], dtype=pl.Int32)
+
+
+def _quantile_stages(ease: pl.Series, stages: int) -> pl.Series:
+    """Stage per pair from its place in the easy->hard order, computed on the distinct values, so the
+    wide pairs table is never sorted here."""
+    counts = ease.value_counts(sort=False, name="cnt").rename({ease.name: "__ease"})
+    return lookup_stages(ease, quantile_table(counts, stages))
 
 
 def build_curriculum(frame: pl.LazyFrame, cfg: CurriculumConfig, ctx: StepContext) -> Built:
     schema = frame.collect_schema()
-    value, shown, higher_easier = _difficulty(schema, cfg)
+    value, ease, shown = ease_expr(schema, cfg)
     df = frame.collect()
     # the stage is worked out on a narrow table; the wide pairs table is gathered once at the end
-    ease = -pl.col("__v") if higher_easier else pl.col("__v")      # smaller = easier
-    if cfg.order == "hard_to_easy":
-        ease = -ease
     narrow = df.select(value.alias("__v")).with_row_index(ROW).with_columns(
         __drop=pl.when(pl.col("__v").is_null() | pl.col("__v").is_nan()).then(pl.lit(f"{shown} is null")))
     if cfg.missing == "error":

@@ -81,12 +81,18 @@ def _open(catalog):
 
 @dataclass
 class _Source:
-    table: pa.Table
+    table: pa.Table | None           # None: a catalog dataset not read yet (see `dataset`)
     kind: str
     name: str
     version: int | None              # None: a file source whose new version is written after the build
     line: str
     lineage: dict[str, Any] = field(default_factory=dict)
+    dataset: Any = None              # the Lance dataset of a catalog source (streamed by partitioned builds)
+    rows: int = 0
+    written: bool = False            # a new source version was stored by this build
+
+    def read(self) -> pa.Table:
+        return self.table if self.table is not None else self.dataset.to_table()
 
 
 def _latest(cat, name: str) -> dict | None:
@@ -104,16 +110,10 @@ def _load_source(recipe: Recipe, cat) -> _Source:
         name, ref = parse_ref(src.dataset)
         if name not in cat.names():
             raise DatasetNotFound(name)
-        table = cat.read(name, ref)          # VersionNotFound for a bad version or tag
-        versions = cat.versions(name)
-        if ref is None:
-            version = versions[-1]["version"]
-        elif isinstance(ref, int):
-            version = ref
-        else:                                # a tag: lineage records the version it pointed to
-            version = next(v["version"] for v in versions if ref in (v.get("tags") or []))
-        return _Source(table, table_kind(table.column_names), name, version,
-                       f"{name}@{version} ({table.num_rows:,} rows)")
+        ds = cat.dataset(name, ref)          # VersionNotFound for a bad version or tag
+        version, rows = ds.version, ds.count_rows()   # a tag: lineage records the version it pointed to
+        return _Source(None, table_kind(ds.schema.names), name, version, f"{name}@{version} ({rows:,} rows)",
+                       dataset=ds, rows=rows)
 
     from catalog.hashing import content_hash
     from prefdata.ingest import read_source
@@ -135,7 +135,8 @@ def _load_source(recipe: Recipe, cat) -> _Source:
     lineage = {"builder": "ingest", "format": res.format, "source": str(path), "config":
                {"format": res.format, "mapping": src.mapping or {}}, "rows_in": res.rows_in,
                "rows_kept": res.rows_in - dropped, "rows_dropped": dict(res.drops), "info": res.info}
-    return _Source(res.table, res.kind, name, latest["version"] if same else None, line, lineage)
+    return _Source(res.table, res.kind, name, latest["version"] if same else None, line, lineage,
+                   rows=res.table.num_rows)
 
 
 def _step_runner(engine: str):
@@ -236,65 +237,186 @@ def _totals(source_rows: int, source_kind: str, reports: list[StepReport]) -> tu
 
 
 def run_recipe(recipe_path: Path | str | None, catalog, *, engine: str = "local", progress: bool = True,
-               console=None) -> BuildResult:
-    """Build `recipe_path` (None: the bundled default recipe) into `catalog` (a Catalog or its path)."""
+               console=None, partitions: int | None = None) -> BuildResult:
+    """Build `recipe_path` (None: the bundled default recipe) into `catalog` (a Catalog or its path).
+    `partitions` overrides the recipe's `partitions:` (None: the recipe's, default auto); with engine
+    "local" and more than one partition the build runs out of core (prefdata/partitioned.py)."""
     from rich.console import Console
+
+    from prefdata.partitioned import plan_partitions
 
     console = console or Console(stderr=False, quiet=not progress)
     recipe_path = Path(recipe_path) if recipe_path is not None else DEFAULT_RECIPE
     recipe = load_recipe(recipe_path)
     file = _shown_path(recipe_path)
     runner = _step_runner(engine)
+    if partitions is not None and (isinstance(partitions, bool) or not isinstance(partitions, int)
+                                   or partitions < 1):
+        raise RecipeError(f"partitions must be a positive integer, got {partitions!r}", path="partitions", file=file)
+    requested = partitions if partitions is not None else recipe.partitions
     cat = _open(catalog)
     config_json, config_sha = canonical_config(recipe)
     shown = lambda a, b: console.print(f"  {a:<11} {b}", highlight=False, soft_wrap=True)   # noqa: E731
 
     with console.status(f"reading source of {recipe.name}", spinner="dots") if progress else nullcontext():
         source = _load_source(recipe, cat)
-    shown("source", source.line)
+    if engine == "local":
+        n_parts, how = plan_partitions(recipe.steps, source.rows, requested, file=file)
+    else:
+        n_parts, how = 1, f"engine {engine}"
+    shown("source", source.line + (f" · {how}" if n_parts > 1 else ""))
     ctx = StepContext(base_dir=recipe.base_dir or Path.cwd(), work_dir=None, catalog=cat, seed=recipe.seed,
                       progress=progress)
-    df, kind, reports = pl.from_arrow(source.table), source.kind, []
+    status = (lambda msg: console.status(msg, spinner="dots")) if progress else (lambda msg: nullcontext())
+    if n_parts > 1:
+        return _run_partitioned(recipe, cat, source, n_parts, ctx, runner, file, config_json, config_sha,
+                                console, shown, status, engine)
+
+    df, kind, reports = pl.from_arrow(source.read()), source.kind, []
     if source.version is not None:
         source.table = None            # already stored: free it, only the frame is needed now
+    if recipe.steps and _prompt_local(recipe.steps[0]):
+        from prefdata.partitioned import group_prompts
+        df = group_prompts(df)         # the order a partitioned build gives (a no-op for contiguous prompts)
     for step in recipe.steps:
-        with console.status(f"{step.name}: {_label(step)}", spinner="dots") if progress else nullcontext():
+        with status(f"{step.name}: {_label(step)}"):
             df, report = run_step(step, df.lazy(), kind, ctx, runner, file=file)
         kind = report.kind
         reports.append(report)
         shown(step.name, f"{report.label} · {report.summary or f'{report.rows_out:,} rows'}"
                          f"  [dim]({report.seconds:.2f}s)[/]")
 
-    written_source = source.version is None
-    if written_source:    # a new (or changed) file source: store it now that the build has succeeded
-        source.version = cat.write(source.name, source.table, message=f"ingest {recipe.source.path}",
-                                   lineage=source.lineage)
+    _store_source(cat, recipe, source)
     table = df.to_arrow()
     del df
+    inputs, message, lineage = _lineage(recipe, source, reports, file, config_json, config_sha, engine,
+                                        table.num_rows, n_parts)
+    from catalog.hashing import content_hash
+
+    if _same_build(cat, recipe.name, config_sha, inputs, content_hash(table)):
+        version, written, verb = _latest(cat, recipe.name)["version"], False, "unchanged"
+    else:
+        version, written, verb = cat.write(recipe.name, table, message=message, lineage=lineage), True, "wrote"
+    return _finish(cat, recipe, version, written, verb, table.num_rows, kind, reports, inputs, config_sha, file,
+                   source, console)
+
+
+def _prompt_local(step: RecipeStep) -> bool:
+    from prefdata.partitioned import is_prompt_local
+    return is_prompt_local(step.name, step.config)
+
+
+def _store_source(cat, recipe: Recipe, source: _Source) -> None:
+    """A new (or changed) file source is stored now that the build has succeeded."""
+    source.written = source.version is None
+    if source.written:
+        source.version = cat.write(source.name, source.table, message=f"ingest {recipe.source.path}",
+                                   lineage=source.lineage)
+
+
+def _lineage(recipe: Recipe, source: _Source, reports: list[StepReport], file: str, config_json: str,
+             config_sha: str, engine: str, rows_out: int, n_parts: int) -> tuple[list[str], str, dict]:
     rows_kept, drops = _totals(reports[0].rows_in, source.kind, reports)
     inputs = [f"{source.name}@{source.version}"]
     message = f"build {recipe.name} from {inputs[0]} with {file}"
     lineage = {"builder": "recipe", "recipe": file, "config": config_json,
-               "config_sha256": config_sha, "inputs": inputs, "engine": engine,
+               "config_sha256": config_sha, "inputs": inputs, "engine": engine, "partitions": n_parts,
                "steps": [{"step": r.step, "config": r.config, "rows_in": r.rows_in, "rows_kept": r.rows_kept,
                           "drops": r.drops, "rows_out": r.rows_out, "info": r.info} for r in reports],
                "rows_in": reports[0].rows_in, "rows_kept": rows_kept, "rows_dropped": drops, "drops": drops,
-               "rows_out": table.num_rows}
-    latest = _latest(cat, recipe.name)
-    from catalog.hashing import content_hash
+               "rows_out": rows_out}
+    return inputs, message, lineage
 
-    if latest is not None and latest.get("content_hash") == content_hash(table) \
-            and cat.lineage(recipe.name, latest["version"]).get("config_sha256") == config_sha \
-            and cat.lineage(recipe.name, latest["version"]).get("inputs") == inputs:
-        version, written, verb = latest["version"], False, "unchanged"   # same recipe, inputs and rows
-    else:
-        version, written, verb = cat.write(recipe.name, table, message=message, lineage=lineage), True, "wrote"
+
+def _same_build(cat, name: str, config_sha: str, inputs: list[str], chash: str | None) -> bool:
+    """The latest version already holds this build: same recipe config, same inputs (and same rows, when
+    `chash` is given)."""
+    latest = _latest(cat, name)
+    if latest is None or (chash is not None and latest.get("content_hash") != chash):
+        return False
+    lin = cat.lineage(name, latest["version"])
+    return lin.get("config_sha256") == config_sha and lin.get("inputs") == inputs
+
+
+def _finish(cat, recipe: Recipe, version: int, written: bool, verb: str, rows: int, kind: str,
+            reports: list[StepReport], inputs: list[str], config_sha: str, file: str, source: _Source,
+            console) -> BuildResult:
     rec = cat.lineage(recipe.name, version)
     chash = rec.get("content_hash", "")
-    console.print(f"  {verb} [bold]{recipe.name}@{version}[/]  ({table.num_rows:,} {kind} rows, content "
+    console.print(f"  {verb} [bold]{recipe.name}@{version}[/]  ({rows:,} {kind} rows, content "
                   f"{chash[:8]}…, recipe {file}, config {config_sha[:8]}…)", highlight=False, soft_wrap=True)
-    return BuildResult(recipe.name, version, chash, table.num_rows, kind, reports, inputs, config_sha, file,
-                       written, written_source, rec)
+    return BuildResult(recipe.name, version, chash, rows, kind, reports, inputs, config_sha, file,
+                       written, source.written, rec)
+
+
+def _run_partitioned(recipe: Recipe, cat, source: _Source, n_parts: int, ctx: StepContext, runner, file: str,
+                     config_json: str, config_sha: str, console, shown, status, engine: str) -> BuildResult:
+    """The same build, out of core: see prefdata/partitioned.py for the passes and why the rows, their
+    order and the content hash equal the in-memory build's."""
+    from prefdata.partitioned import PartitionedBuild, _summary, merge_info, source_batches, streamable_curriculum
+    from prefdata.recipe import output_kind
+
+    steps = list(recipe.steps)
+    final = steps.pop() if steps and streamable_curriculum(steps[-1]) else None
+    kind = source.kind
+    for step in recipe.steps:          # kinds are checked up front: a partition must not fail half-way
+        check_kind(step, kind, file)
+        kind = output_kind(step.config, kind)
+    work_root = Path(getattr(cat, "root", Path.cwd())) / "_work"
+    with PartitionedBuild(work_root, n_parts) as pb:
+        t0 = time.perf_counter()
+        with status(f"partitioning {source.rows:,} rows into {n_parts} partitions"):
+            pb.split(source_batches(source.table, source.dataset), source.rows)
+        if source.version is not None:
+            source.table = None
+        split_s = round(time.perf_counter() - t0, 3)
+
+        def one(step, frame, kind):
+            return run_step(step, frame, kind, ctx, runner, file=file)
+
+        with status(f"running {len(steps)} prompt-local step(s) by partition") as st:
+            if st is not None and hasattr(st, "update"):
+                pb.say = lambda msg: st.update(f"{msg}: {', '.join(s.name for s in steps)}")
+            totals, kind = pb.run_local(steps, source.kind, ctx, one, final=final)
+        reports, in_kind = [], source.kind
+        for step, t in zip(steps, totals, strict=True):
+            if t.rows_in != (reports[-1].rows_out if reports else source.rows):
+                raise AccountingError(f"{step.yaml_path}: partitions saw {t.rows_in} rows in, expected "
+                                      f"{reports[-1].rows_out if reports else source.rows}")
+            info = {**merge_info(t.infos), "partitions": n_parts}
+            reports.append(StepReport(step.name, _label(step), step.config.model_dump(mode="json"), t.kind,
+                                      t.rows_in, t.rows_kept, dict(sorted(t.drops.items())), t.rows_out, info,
+                                      _summary(t, in_kind), round(t.seconds, 3)))
+            in_kind = t.kind
+            shown(step.name, f"{reports[-1].label} · {reports[-1].summary}  [dim]({t.seconds:.2f}s)[/]")
+        rows_out = reports[-1].rows_out if reports else source.rows
+        if final is not None:
+            _, _, drops, info = pb.curriculum
+            rows_in = rows_out
+            rows_out = rows_in - sum(drops.values())
+            summary = " · ".join(f"stage {i}: {n:,}" for i, n in enumerate(info["stage_sizes"]))
+            reports.append(StepReport(final.name, _label(final), final.config.model_dump(mode="json"), kind,
+                                      rows_in, rows_out, drops, rows_out, {**info, "partitions": n_parts},
+                                      summary, 0.0))
+            shown(final.name, f"{reports[-1].label} · {summary}")
+        _store_source(cat, recipe, source)
+        inputs, message, lineage = _lineage(recipe, source, reports, file, config_json, config_sha, engine,
+                                            rows_out, n_parts)
+        lineage["split_seconds"] = split_s
+        latest = _latest(cat, recipe.name)
+        skip = latest.get("content_hash") if latest and _same_build(cat, recipe.name, config_sha, inputs, None) \
+            else None
+        with status(f"writing {recipe.name} ({rows_out:,} rows)"):
+            if pb.schema is None:      # no partition had input rows: nothing to order
+                raise AccountingError("partitioned build produced no partition output")
+            version = cat.write_batches(recipe.name, pb.ordered_batches(), schema=pb.schema, message=message,
+                                        lineage=lineage, skip_if_hash=skip)
+    if version is None:
+        version, written, verb = latest["version"], False, "unchanged"
+    else:
+        written, verb = True, "wrote"
+    return _finish(cat, recipe, version, written, verb, rows_out, kind, reports, inputs, config_sha, file, source,
+                   console)
 
 
 def _shown_path(path: Path) -> str:

@@ -37,16 +37,9 @@ import pyarrow.parquet as pq
 
 from builders.base import Built, StepContext
 from prefdata.errors import PrefdataError
+from prefdata.partitioned import PROMPT_LOCAL, is_prompt_local, merge_info  # noqa: F401 (re-exported)
 
-PROMPT_LOCAL = {"rank", "pairs", "lists", "dedup", "filter"}
 PART, SEQ, SRC = "__part", "__seq", "__src_row"
-
-
-def is_prompt_local(step: str, cfg: Any) -> bool:
-    if step == "rank" and getattr(cfg, "aggregate", None) == "zscore_mean":
-        return False   # z-scores use the mean/std over the whole dataset
-    # pairs' seeded draws hash (seed, prompt, ids) per prompt (builders/stable_hash.py): prompt-local too
-    return step in PROMPT_LOCAL
 
 
 def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
@@ -108,33 +101,6 @@ def _run_partition(batch: pa.Table, *, fn, cfg, ctx: StepContext, ledger) -> pa.
                                      "rows_out": out.height, "info": built.info, "kind": built.kind}))
     return out.with_columns(pl.lit(part, pl.Int64).alias(PART),
                             pl.int_range(pl.len(), dtype=pl.Int64).alias(SEQ)).to_arrow()
-
-
-def _merge_info(infos: list[dict]) -> dict:
-    """Counts add up; *_mean/min/max keys combine as such; anything else is kept when all partitions agree,
-    else listed per partition (never silently dropped)."""
-    out: dict[str, Any] = {}
-    keys = list(dict.fromkeys(k for i in infos for k in i))
-    for k in keys:
-        vals = [i[k] for i in infos if k in i]
-        nums = [v for v in vals if isinstance(v, int | float) and not isinstance(v, bool)]
-        if len(nums) == len(vals) and nums:
-            if "max" in k:
-                out[k] = max(nums)
-            elif "min" in k:
-                out[k] = min(nums)
-            elif "mean" in k:
-                out[k] = None  # recomputed below where the step gives the inputs; a mean of means would lie
-            else:
-                out[k] = sum(nums)
-        elif all(v == vals[0] for v in vals):
-            out[k] = vals[0]
-        elif all(isinstance(v, list) and all(isinstance(x, int | float) for x in v) for v in vals) \
-                and len({len(v) for v in vals}) == 1:
-            out[k] = [sum(x) for x in zip(*vals, strict=True)]
-        else:
-            out[k] = {"per_partition": vals}
-    return out
 
 
 def run_step(step: str, fn, frame: pl.LazyFrame, cfg: Any, ctx: StepContext, *,
@@ -205,7 +171,7 @@ def run_step(step: str, fn, frame: pl.LazyFrame, cfg: Any, ctx: StepContext, *,
         for reason, n in (r["drops"] or {}).items():
             drops[reason] = drops.get(reason, 0) + n
     kept = [r["rows_kept"] for r in recs]
-    info = _merge_info([r["info"] or {} for r in recs])
+    info = merge_info([r["info"] or {} for r in recs])
     if "margin_mean" in info and "margin" in out.columns:
         info["margin_mean"] = float(out["margin"].mean()) if out.height else None
     info.update(engine="ray", partitions=len(recs), input_prompts_contiguous=contiguous)

@@ -31,7 +31,7 @@ from builders.registry import STEPS, StepSpec
 from prefdata.errors import RecipeError
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-TOP_KEYS = ("name", "description", "seed", "source", "steps")
+TOP_KEYS = ("name", "description", "seed", "source", "steps", "partitions")
 # the table kind a file source yields, where the format alone decides it (others: decided by mapping/content)
 FORMAT_KIND = {"arena": "responses", "ultrafeedback": "responses", "nectar": "responses", "helpsteer2": "responses",
                "hh-rlhf": "pairs", "pick-a-pic": "pairs"}
@@ -66,6 +66,8 @@ class Recipe:
     base_dir: Path | None = None             # where a relative source path resolves (the file's folder)
     source_kind: str | None = None           # known at parse time for file sources of fixed format
     kinds: tuple[str | None, ...] = field(default=())   # output kind after each step (None: decided at run time)
+    partitions: int | None = None            # out-of-core partitions (None: auto); not part of the config
+                                             # hash, since every partition count gives the same rows
 
     @property
     def source_path(self) -> Path | None:
@@ -135,6 +137,12 @@ def parse_recipe(data: Any, *, file: str | Path | None = None, base_dir: Path | 
     seed = data.get("seed", 0)
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise RecipeError(f"seed must be an integer, got {seed!r}", path="seed", file=fname)
+    partitions = data.get("partitions", "auto")
+    if partitions == "auto" or partitions is None:
+        partitions = None
+    elif isinstance(partitions, bool) or not isinstance(partitions, int) or partitions < 1:
+        raise RecipeError(f"partitions must be a positive integer or auto, got {partitions!r}", path="partitions",
+                          file=fname)
     desc = data.get("description")
     if desc is not None and not isinstance(desc, str):
         raise RecipeError("description must be text", path="description", file=fname)
@@ -187,7 +195,13 @@ def parse_recipe(data: Any, *, file: str | Path | None = None, base_dir: Path | 
         kinds.append(kind)
     recipe = Recipe(name=name, source=source, steps=tuple(steps), seed=seed, description=desc,
                     file=Path(file) if file is not None else None, base_dir=base_dir,
-                    source_kind=_source_kind(source), kinds=tuple(kinds))
+                    source_kind=_source_kind(source), kinds=tuple(kinds), partitions=partitions)
+    if partitions is not None and partitions > 1:
+        from prefdata.partitioned import whole_table_step
+        blocker = whole_table_step(steps)
+        if blocker is not None:
+            raise RecipeError(f"step {blocker.name!r} needs the whole table, so this recipe cannot run by "
+                              f"partitions (set partitions: 1 or auto)", path="partitions", file=fname)
     if recipe.source_path is not None and not recipe.source_path.is_file():
         raise RecipeError(f"source file not found: {recipe.source_path}", path="source.path", file=fname)
     return recipe
