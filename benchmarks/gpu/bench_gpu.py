@@ -68,7 +68,7 @@ def trl_tokens_per_pair(model: str, data: str, max_length: int) -> float:
 
 def _mem() -> float:
     import torch
-    return torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else float("nan")
+    return torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
 
 
 def worker_ours(model, data, out, steps, batch, max_length, device) -> dict:
@@ -157,7 +157,7 @@ def main() -> None:
         return
     import torch
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
-    peak = next((v for k, v in PEAK_FLOPS.items() if k in gpu), float("nan"))
+    peak = next((v for k, v in PEAK_FLOPS.items() if k in gpu), None)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         model = tmp / "model"
@@ -177,7 +177,7 @@ def main() -> None:
                 continue
             pps = steady(r)
             out[k] = {"pairs_per_s": pps, "tokens_per_s": pps * tpp, "peak_mem_mb": r["peak_mem_mb"],
-                      "mfu": 6 * n_params * pps * tpp / peak, "first_loss": r["first_loss"]}
+                      "mfu": 6 * n_params * pps * tpp / peak if peak else None, "first_loss": r["first_loss"]}
             if "tokens_run" in r:
                 out[k]["tokens_run_per_s"] = sum(r["tokens_run"][1:]) / sum(r["step_times"][1:])
         trls = [k for k in ("trl_pre", "trl") if "pairs_per_s" in out.get(k, {})]
@@ -185,7 +185,7 @@ def main() -> None:
             best = max(trls, key=lambda k: out[k]["pairs_per_s"])
             out["tokens_per_s_ratio_vs_best_trl"] = out["ours"]["tokens_per_s"] / out[best]["tokens_per_s"]
             out["peak_mem_ratio_vs_trl_precompute"] = (out["ours"]["peak_mem_mb"] / out["trl_pre"]["peak_mem_mb"]
-                                                       if "trl_pre" in trls else None)
+                                                       if "trl_pre" in trls and out["ours"]["peak_mem_mb"] else None)
             out["best_trl_setting"] = best
         print(json.dumps(out), flush=True)
 
