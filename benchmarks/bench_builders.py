@@ -171,6 +171,45 @@ def run_ours(df, catalog_dir: str | None):
     return current.select(OUT_COLS).to_arrow(), elapsed, extra
 
 
+def setup_catalog(prompts: int, catalog_dir: str) -> None:
+    """The input as a catalog dataset (not timed; its own process, so its memory is not counted)."""
+    from catalog import Catalog
+    Catalog.open(catalog_dir).write("bench-input", make_polars_input(prompts).to_arrow(), message="bench input")
+
+
+def run_ours_catalog(catalog_dir: str, out: str | None, partitions: int | None) -> dict:
+    """The user's path: `prefdata build` of the recipe from the catalog dataset into the catalog (source read,
+    steps, contract checks, row accounting, content hash and the Lance write all timed). Auto partitions
+    unless `partitions` is given."""
+    import yaml
+
+    from catalog import Catalog
+    from prefdata.build import run_recipe
+
+    recipe = Path(catalog_dir) / "bench.yaml"
+    recipe.write_text(yaml.safe_dump(RECIPE))
+    t0 = time.perf_counter()
+    res = run_recipe(recipe, Catalog.open(catalog_dir), progress=False, partitions=partitions)
+    elapsed = time.perf_counter() - t0
+    peak = _rss_mb()
+    if out:   # streamed out for the comparison, after the peak was taken
+        import pyarrow.parquet as pq
+        ds = Catalog.open(catalog_dir).dataset("bench")
+        with pq.ParquetWriter(out, _out_schema(ds.schema)) as w:
+            for batch in ds.to_batches(columns=OUT_COLS):
+                w.write_batch(batch)
+    return {"seconds": round(elapsed, 3), "peak_rss_mb": round(peak, 1), "rows": res.rows,
+            "partitions": res.lineage.get("partitions"),
+            "steps": {s.step: {"s": s.seconds, "rows_out": s.rows_out} for s in res.steps},
+            "phases_s": {**(res.lineage.get("seconds") or {}),
+                         "write": round(elapsed - sum((res.lineage.get("seconds") or {}).values()), 3)}}
+
+
+def _out_schema(schema):
+    import pyarrow as pa
+    return pa.schema([schema.field(c) for c in OUT_COLS])
+
+
 def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024   # KiB -> MiB on Linux
 
@@ -178,6 +217,13 @@ def _rss_mb() -> float:
 # ----------------------------------------------------------------------------------------------- driver
 def worker(args) -> None:
     import pyarrow.parquet as pq
+    if args.worker == "setup":
+        setup_catalog(args.prompts, args.catalog)
+        print(json.dumps({"ok": True}))
+        return
+    if args.worker == "ours_catalog":
+        print(json.dumps(run_ours_catalog(args.catalog, args.out, args.partitions)))
+        return
     t0 = time.perf_counter()
     table = make_polars_input(args.prompts) if args.worker == "ours" else make_input(args.prompts)
     gen = time.perf_counter() - t0
@@ -194,12 +240,14 @@ def worker(args) -> None:
                       "input_gen_s": round(gen, 2), **extra}))
 
 
-def spawn(impl: str, prompts: int, out: str | None, catalog: str | None) -> dict:
+def spawn(impl: str, prompts: int, out: str | None, catalog: str | None, partitions: int | None = None) -> dict:
     cmd = [sys.executable, __file__, "--worker", impl, "--prompts", str(prompts)]
     if out:
         cmd += ["--out", out]
     if catalog:
         cmd += ["--catalog", catalog]
+    if partitions:
+        cmd += ["--partitions", str(partitions)]
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     res = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if res.returncode != 0:
@@ -220,7 +268,10 @@ def same(paths: list[str]) -> bool:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--worker", choices=["python", "duckdb", "ours"])
+    ap.add_argument("--worker", choices=["python", "duckdb", "ours", "ours_catalog", "setup"])
+    ap.add_argument("--partitions", type=int, help="ours_catalog: force this many partitions (default auto)")
+    ap.add_argument("--impls", nargs="*", help="implementations to run (default: python duckdb ours "
+                    "ours_catalog at scale 1; duckdb ours_catalog above)")
     ap.add_argument("--prompts", type=int, default=250_000)
     ap.add_argument("--scales", type=int, nargs="*", default=[1, 10], help="multiples of --prompts to run")
     ap.add_argument("--out")
@@ -236,23 +287,32 @@ def main() -> None:
             prompts = args.prompts * scale
             key = f"{prompts * K // 1_000_000}M" if prompts * K >= 1_000_000 else f"{prompts * K}"
             runs, outs = {}, []
-            impls = ["python", "duckdb", "ours"] if scale == 1 else ["duckdb", "ours"]
+            impls = args.impls or (["python", "duckdb", "ours", "ours_catalog"] if scale == 1
+                                   else ["duckdb", "ours_catalog"])
             for impl in impls:
                 out = f"{tmp}/{impl}-{scale}.parquet"
-                runs[impl] = spawn(impl, prompts, out, f"{tmp}/cat-{scale}" if impl == "ours" else None)
+                catalog = f"{tmp}/cat-{scale}-{impl}" if impl.startswith("ours") else None
+                if impl == "ours_catalog":
+                    spawn("setup", prompts, None, catalog)
+                runs[impl] = spawn(impl, prompts, out, catalog, args.partitions if impl == "ours_catalog" else None)
                 if "error" not in runs[impl]:
                     outs.append(out)
+                if catalog:
+                    import shutil
+                    shutil.rmtree(catalog, ignore_errors=True)
             runs["outputs_identical"] = len(outs) == len(impls) and same(outs)
             if "python" in runs and "seconds" in runs.get("python", {}):
                 result["python_s_per_1M_responses"] = round(runs["python"]["seconds"] / (prompts * K / 1e6), 2)
             if scale != 1 and "python_s_per_1M_responses" in result:
                 runs["python_extrapolated_s"] = round(result["python_s_per_1M_responses"] * prompts * K / 1e6, 1)
-            o, d = runs.get("ours", {}), runs.get("duckdb", {})
-            if "seconds" in o and "seconds" in d:
-                runs["ours_vs_duckdb_speedup"] = round(d["seconds"] / o["seconds"], 2)
-            if "seconds" in o and ("python" in runs or "python_extrapolated_s" in runs):
-                py = runs["python"]["seconds"] if "python" in runs else runs["python_extrapolated_s"]
-                runs["ours_vs_python_speedup"] = round(py / o["seconds"], 2)
+            d = runs.get("duckdb", {})
+            for impl in ("ours", "ours_catalog"):
+                o = runs.get(impl, {})
+                if "seconds" in o and "seconds" in d:
+                    runs[f"{impl}_vs_duckdb_speedup"] = round(d["seconds"] / o["seconds"], 2)
+                if "seconds" in o and ("python" in runs or "python_extrapolated_s" in runs):
+                    py = runs["python"]["seconds"] if "python" in runs else runs["python_extrapolated_s"]
+                    runs[f"{impl}_vs_python_speedup"] = round(py / o["seconds"], 2)
             result[key] = runs
     print(json.dumps(result))
 

@@ -374,10 +374,12 @@ def _run_partitioned(recipe: Recipe, cat, source: _Source, n_parts: int, ctx: St
         def one(step, frame, kind):
             return run_step(step, frame, kind, ctx, runner, file=file)
 
+        t0 = time.perf_counter()
         with status(f"running {len(steps)} prompt-local step(s) by partition") as st:
             if st is not None and hasattr(st, "update"):
                 pb.say = lambda msg: st.update(f"{msg}: {', '.join(s.name for s in steps)}")
             totals, kind = pb.run_local(steps, source.kind, ctx, one, final=final)
+        local_s = round(time.perf_counter() - t0, 3)
         reports, in_kind = [], source.kind
         for step, t in zip(steps, totals, strict=True):
             if t.rows_in != (reports[-1].rows_out if reports else source.rows):
@@ -395,6 +397,7 @@ def _run_partitioned(recipe: Recipe, cat, source: _Source, n_parts: int, ctx: St
             rows_in = rows_out
             rows_out = rows_in - sum(drops.values())
             summary = " · ".join(f"stage {i}: {n:,}" for i, n in enumerate(info["stage_sizes"]))
+            # its per-row work (difficulty values, stage lookup, the sort by stage) happens in the write phase
             reports.append(StepReport(final.name, _label(final), final.config.model_dump(mode="json"), kind,
                                       rows_in, rows_out, drops, rows_out, {**info, "partitions": n_parts},
                                       summary, 0.0))
@@ -402,13 +405,14 @@ def _run_partitioned(recipe: Recipe, cat, source: _Source, n_parts: int, ctx: St
         _store_source(cat, recipe, source)
         inputs, message, lineage = _lineage(recipe, source, reports, file, config_json, config_sha, engine,
                                             rows_out, n_parts)
-        lineage["split_seconds"] = split_s
         latest = _latest(cat, recipe.name)
         skip = latest.get("content_hash") if latest and _same_build(cat, recipe.name, config_sha, inputs, None) \
             else None
         with status(f"writing {recipe.name} ({rows_out:,} rows)"):
             if pb.schema is None:      # no partition had input rows: nothing to order
                 raise AccountingError("partitioned build produced no partition output")
+            # where the time goes (the write phase: ordering, stages, content hash and the Lance write)
+            lineage["seconds"] = {"split": split_s, "partitions": local_s}
             version = cat.write_batches(recipe.name, pb.ordered_batches(), schema=pb.schema, message=message,
                                         lineage=lineage, skip_if_hash=skip)
     if version is None:
