@@ -24,9 +24,12 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=2)
     ap.add_argument("--max-new-tokens", type=int, default=32)
     ap.add_argument("--shard-size", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     args = ap.parse_args()
     import polars as pl
     import torch
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     from builders.base import StepContext
     from builders.generate import GenerateConfig, build_generate

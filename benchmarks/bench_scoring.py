@@ -25,9 +25,12 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=512)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--max-length", type=int, default=128)
+    ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     args = ap.parse_args()
     import numpy as np
     import torch
+    if args.threads:
+        torch.set_num_threads(args.threads)
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from builders.base import StepContext

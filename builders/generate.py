@@ -195,6 +195,8 @@ def _assemble(gen: pl.DataFrame, carried: pl.DataFrame) -> pl.DataFrame:
     if gen.height == 0:
         return carried.with_columns(pl.lit("").alias("response_id"), pl.lit("").alias("response"),
                                     pl.lit(None, pl.String).alias("model")).clear()
+    # generation columns win over same-named input columns (e.g. an input `seed` not used as row_params)
+    carried = carried.drop([c for c in gen.columns if c != "prompt_id" and c in carried.columns])
     out = gen.join(carried, on="prompt_id", how="left", maintain_order="left")
     out = out.with_columns(pl.col("seed").cast(pl.Int64), pl.col("sample_index").cast(pl.Int32),
                            pl.col("n_tokens").cast(pl.Int32))

@@ -65,7 +65,7 @@ def build_score(frame: pl.LazyFrame, cfg: ScoreConfig, ctx: StepContext) -> Buil
         mod = importlib.import_module(f"builders.scorers.{sc.kind}")
         res = mod.score(df, sc, ctx)
         values[sc.name] = res.values
-        reason = [r or (n if n is not None else None) for r, n in zip(reason, res.reasons, strict=True)]
+        reason = [r or n for r, n in zip(reason, res.reasons, strict=True)]   # first reason wins
         info[sc.name] = {"kind": sc.kind, **res.info,
                          "mean": float(np.nanmean(res.values)) if np.isfinite(res.values).any() else None}
         for col, vals in res.extra.items():

@@ -68,7 +68,7 @@ def _cfg(model_dir: Path, **kw) -> GenerateConfig:
 
 def test_generate_step_output_contract_and_accounting(tiny_lm, tmp_path):
     frame = pl.LazyFrame({"prompt": PROMPTS[:3] + [PROMPTS[0], "   "], "tests": [["t1"], ["t2"], [], ["t1"], []],
-                          "temperature": [0.0, None, 0.5, 0.0, 0.0]})
+                          "temperature": [0.0, None, 0.5, 0.0, 0.0], "seed": [9, 9, 9, 9, 9]})
     cfg = _cfg(tiny_lm, row_params=["temperature"], models=[
         {"name": "tiny-a", "path": str(tiny_lm), "device": "cpu"},
         {"name": "tiny-b", "path": str(tiny_lm), "device": "cpu", "batch_size": 1}])
@@ -81,6 +81,8 @@ def test_generate_step_output_contract_and_accounting(tiny_lm, tmp_path):
     assert built.rows_in == built.rows_kept + sum(built.drops.values())
     assert out["response_id"].n_unique() == out.height
     assert set(out["model"]) == {"tiny-a", "tiny-b"}
+    # an input `seed` column not named in row_params neither overrides nor clashes with the generated seeds
+    assert "seed_right" not in out.columns and 9 not in set(out["seed"])
     assert out.filter(pl.col("prompt") == PROMPTS[0])["tests"].to_list() == [["t1"]] * 4   # carried column
     temps = dict(zip(out["prompt"], out["gen_params"].struct.field("temperature"), strict=True))
     assert temps[PROMPTS[0]] == 0.0 and temps[PROMPTS[1]] == 0.9 and temps[PROMPTS[2]] == 0.5
