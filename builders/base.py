@@ -12,7 +12,7 @@ from typing import Any, Literal
 import polars as pl
 from pydantic import BaseModel, ConfigDict
 
-TableKind = Literal["responses", "pairs", "lists"]
+TableKind = Literal["prompts", "responses", "pairs", "lists"]
 
 
 class StepConfig(BaseModel):

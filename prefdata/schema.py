@@ -12,12 +12,20 @@ import pyarrow.compute as pc
 
 from prefdata.errors import SchemaError
 
-Kind = Literal["responses", "pairs", "lists"]
+Kind = Literal["prompts", "responses", "pairs", "lists"]
 
 MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
 MESSAGES = pa.list_(MESSAGE)
 
 # (field, required, non_null). `scores*` structs have free field names, each float64.
+# prompts: the input of generation steps (no responses yet); extra columns (e.g. reference `tests`) are carried
+_PROMPTS = [
+    (pa.field("prompt_id", pa.string()), True, True),
+    (pa.field("prompt", pa.string()), True, True),
+    (pa.field("messages", MESSAGES), False, False),
+    (pa.field("images", pa.list_(pa.string())), False, False),
+]
+
 _RESPONSES = [
     (pa.field("prompt_id", pa.string()), True, True),
     (pa.field("prompt", pa.string()), True, True),
@@ -66,7 +74,7 @@ _LISTS = [
 ]
 
 CONTRACTS: dict[str, list[tuple[pa.Field, bool, bool]]] = {
-    "responses": _RESPONSES, "pairs": _PAIRS, "lists": _LISTS,
+    "prompts": _PROMPTS, "responses": _RESPONSES, "pairs": _PAIRS, "lists": _LISTS,
 }
 
 _DEFAULTS = {("pairs", "weight"): 1.0, ("pairs", "stage"): 0}

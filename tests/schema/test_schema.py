@@ -98,3 +98,10 @@ def test_unknown_kind_and_schema_listing():
         validate(responses(), "triples")
     assert schema("lists", required_only=True).names == ["prompt_id", "prompt", "responses", "response_ids",
                                                           "scores", "ranks"]
+
+
+def test_prompts_kind_for_generation_sources():
+    t = pa.table({"prompt_id": ["p1"], "prompt": ["Write fizzbuzz"], "tests": [["assert f(3) == 'Fizz'"]]})
+    validate(t, "prompts")
+    with pytest.raises(SchemaError, match="missing column 'prompt'"):
+        validate(t.drop(["prompt"]), "prompts")
