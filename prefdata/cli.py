@@ -173,6 +173,8 @@ def ingest(
 def build(
     recipe: Annotated[Path | None, typer.Argument(help="Recipe YAML (default: the bundled examples/recipes/default.yaml).")] = None,
     engine: Annotated[str, typer.Option("--engine", help="local (polars) or ray (Ray Data).")] = "local",
+    partitions: Annotated[int | None, typer.Option(
+        "--partitions", min=1, help="Prompt partitions for an out-of-core build (default: the recipe's, auto).")] = None,
     catalog: CatalogOpt = None,
     as_json: JsonOpt = False,
 ):
@@ -180,7 +182,7 @@ def build(
     from prefdata.build import run_recipe
 
     cat = _open_catalog(catalog, must_exist=False)
-    result = run_recipe(recipe, cat, engine=engine, progress=not as_json,
+    result = run_recipe(recipe, cat, engine=engine, progress=not as_json, partitions=partitions,
                         console=_console(stderr=True) if as_json else _console())
     if as_json:
         _print_json(result)
