@@ -11,7 +11,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from conftest import pairs_table  # noqa: E402
+from catalog_kit import pairs_table  # noqa: E402
 
 from catalog import Catalog  # noqa: E402
 

@@ -7,7 +7,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from conftest import spawn_writer
+from catalog_kit import spawn_writer
 
 from catalog import Catalog
 
@@ -19,7 +19,7 @@ def _wait_ready(procs) -> None:
 
 
 def test_two_concurrent_writers_lose_no_commit(cat: Catalog, tmp_path: Path):
-    from conftest import pairs_table
+    from catalog_kit import pairs_table
 
     cat.write("shared", pairs_table(0), message="empty start")
     go = tmp_path / "go"
@@ -69,7 +69,7 @@ def test_killed_writer_leaves_last_version_readable_and_consistent(cat: Catalog)
         assert cat.verify("crashy")["ok"]
         # the lock died with the writer: a new write goes through at once
         t0 = time.monotonic()
-        from conftest import pairs_table
+        from catalog_kit import pairs_table
 
         v = cat.write("crashy", pairs_table(200, tag="after"), mode="append", lock_timeout_s=5)
         assert v == versions[-1]["version"] + 1 and time.monotonic() - t0 < 5

@@ -9,7 +9,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import pairs_table
+from catalog_kit import pairs_table
 from trl.data_utils import is_conversational, maybe_apply_chat_template, maybe_extract_prompt
 
 from catalog import Catalog, ExportError

@@ -9,7 +9,7 @@ from typing import Literal
 
 import pyarrow as pa
 import pytest
-from conftest import REPO, pairs_table, writer_env
+from catalog_kit import REPO, pairs_table, writer_env
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel, ConfigDict
@@ -102,7 +102,7 @@ def test_bad_lineage_is_refused_before_anything_is_written(cat: Catalog):
 _HASH_SCRIPT = """
 import sys, json
 sys.path.insert(0, sys.argv[1])
-from conftest import pairs_table
+from catalog_kit import pairs_table
 from catalog import content_hash
 print(content_hash(pairs_table(70000)))
 """

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
-from conftest import pairs_table
+from catalog_kit import pairs_table
 
 from catalog import Catalog, InvalidName, QueryError
 from prefdata.errors import DatasetNotFound, ReadOnlyQuery, VersionNotFound

@@ -7,7 +7,7 @@ from pathlib import Path
 import polars as pl
 import pyarrow as pa
 import pytest
-from conftest import pairs_table
+from catalog_kit import pairs_table
 
 from catalog import Catalog, DatasetExists, InvalidName, TagExists, parse_ref
 from prefdata.errors import DatasetNotFound, PrefdataError, SchemaError, VersionNotFound

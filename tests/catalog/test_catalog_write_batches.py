@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import pyarrow as pa
 import pytest
+from catalog_kit import PAIRS_SCHEMA, pairs_table
 
 from catalog import Catalog
 from catalog.hashing import BLOCK_ROWS, content_hash
 from prefdata.errors import PrefdataError, SchemaError
-from tests.catalog.conftest import PAIRS_SCHEMA, pairs_table
 
 
 def _batches(table: pa.Table, sizes: list[int]):
