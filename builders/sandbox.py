@@ -267,6 +267,15 @@ def leftover_processes(uid: int) -> int:
     return n
 
 
+def wait_for_no_processes(uid: int, timeout_s: float = 10.0) -> int:
+    """Poll until no process runs as `uid` (a killed pid namespace is torn down asynchronously by the
+    kernel); returns how many are left when the time is up (0 = all gone)."""
+    deadline = time.monotonic() + timeout_s
+    while (left := leftover_processes(uid)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return left
+
+
 def timing_harness(setup: str, body: str, repeats: int) -> str:
     """Python source that runs `setup` once, then `body` `repeats` times, printing per-repeat seconds as JSON
     on the last stdout line (code efficiency is measured inside the sandbox, so start-up is not counted)."""

@@ -31,9 +31,8 @@ def test_fork_bomb_is_contained(available):
     assert r.status in ("timeout", "cpu_limit"), r.report()
     assert "fork_limit" in r.events, r.report()
     assert took < 15, took   # the namespace kill takes every descendant with it; nothing keeps us waiting
-    time.sleep(0.3)
-    if r.uid is not None:
-        assert sandbox.leftover_processes(r.uid) == 0
+    if r.uid is not None:   # teardown of a killed pid namespace is asynchronous: none may survive for long
+        assert sandbox.wait_for_no_processes(r.uid) == 0
 
 
 def test_infinite_loop_is_stopped_by_wall_or_cpu_limit(available):
