@@ -164,7 +164,7 @@ def validate(table: pa.Table, kind: Kind, *, source: str | None = None) -> pa.Ta
     return table
 
 
-def conform(table: pa.Table, kind: Kind) -> pa.Table:
+def conform(table: pa.Table, kind: Kind, *, source: str | None = None) -> pa.Table:
     """Cast contract columns to their exact types (large_string -> string etc.) and add defaulted
     columns (pairs: weight=1, stage=0). Missing required columns are not invented: validate() fails."""
     for field, _required, _ in contract(kind):
@@ -182,6 +182,6 @@ def conform(table: pa.Table, kind: Kind) -> pa.Table:
                 col = col.cast(target)
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
                 raise SchemaError(f"column {name!r} has type {col.type}, expected {_describe(target)}: {e}",
-                                  column=name, expected=_describe(target)) from None
+                                  column=name, expected=_describe(target), source=source) from None
             table = table.set_column(table.column_names.index(name), field.with_name(name), col)
     return table

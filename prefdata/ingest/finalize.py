@@ -1,6 +1,7 @@
 """Shared finishing of a format's canonical frame: ids, NaN/inf checks, missing values, duplicates,
 prompts with a single response, packing `scores.<x>` columns into the `scores` struct, and the contract
-check. Empty responses are kept on purpose: dropping them is the `filter` step's job, where the drop is
+check. Carried source columns are the user's data and pass through unchecked (only the contract's columns
+are). For the `prompts` kind an empty prompt is bad input and a repeated prompt is dropped. Empty responses are kept on purpose: dropping them is the `filter` step's job, where the drop is
 recorded with its reason in the built dataset's lineage."""
 from __future__ import annotations
 
@@ -13,15 +14,17 @@ from prefdata.ingest.problems import ITEM, ROW, Problems, where
 from prefdata.schema import conform, validate
 
 
-def finalize(df: pl.DataFrame, plan: Plan, p: Problems) -> pa.Table:
-    df = _nonfinite(df, plan, p)
-    if plan.kind == "responses":
+def finalize(df: pl.DataFrame, plan: Plan, p: Problems, *, carried: list[str] | tuple[str, ...] = ()) -> pa.Table:
+    df = _nonfinite(df, plan, p, skip=set(carried))
+    if plan.kind == "prompts":
+        df = _prompts(df, plan, p)
+    elif plan.kind == "responses":
         df = _responses(df, plan, p)
     else:
         df = _pairs(df, plan, p)
     df = df.drop([c for c in (ROW, ITEM) if c in df.columns]).rechunk()
     table = _small_types(_pack_scores(df.to_arrow()))
-    table = conform(table, plan.kind)
+    table = conform(table, plan.kind, source=p.path)
     return validate(table, plan.kind, source=p.path)
 
 
@@ -29,9 +32,9 @@ def _origin(plan: Plan, col: str) -> str:
     return plan.origin.get(col, col)
 
 
-def _nonfinite(df: pl.DataFrame, plan: Plan, p: Problems) -> pl.DataFrame:
+def _nonfinite(df: pl.DataFrame, plan: Plan, p: Problems, skip: set[str]) -> pl.DataFrame:
     for col in df.columns:
-        if df.schema[col] not in (pl.Float64, pl.Float32):
+        if col in skip or df.schema[col] not in (pl.Float64, pl.Float32):
             continue
         c = pl.col(col)
         df = p.reject(df, c.is_nan() | c.is_infinite(), reason="NaN/inf score", column=_origin(plan, col),
@@ -69,6 +72,19 @@ def _duplicates(df: pl.DataFrame, keys: list[str], plan: Plan, p: Problems, *, w
 
     df = p.reject(df, pl.col("_dup"), reason=f"duplicate {what}", column=col, message=message)
     return df.drop("_dup_row", "_dup_item", "_dup")
+
+
+def _prompts(df: pl.DataFrame, plan: Plan, p: Problems) -> pl.DataFrame:
+    df = p.reject(df, pl.col("prompt").is_null() | (pl.col("prompt").str.strip_chars() == ""), reason="empty prompt",
+                  column=_origin(plan, "prompt"), message="empty or missing prompt (expected non-empty text)")
+    given_ids = "prompt_id" in df.columns
+    df = _fill_id(df, "prompt_id", ids.prompt_ids(df["prompt"].to_list()))
+    # one row per prompt: generation steps make N candidates per row, so a repeat would double its samples
+    what = "prompt_id" if given_ids else "prompt"
+    df = p.reject(df, pl.int_range(pl.len()).over("prompt_id") > 0, reason=f"duplicate {what}", always_drop=True,
+                  message="")
+    first = [c for c in ("prompt_id", "prompt", "messages", "images") if c in df.columns]
+    return df.select(*first, pl.exclude(first))
 
 
 def _responses(df: pl.DataFrame, plan: Plan, p: Problems) -> pl.DataFrame:
