@@ -9,6 +9,7 @@ every random choice is seeded from the recipe."""
 from __future__ import annotations
 
 import importlib
+import shutil
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -265,7 +266,10 @@ def run_recipe(recipe_path: Path | str | None, catalog, *, engine: str = "local"
     else:
         n_parts, how = 1, f"engine {engine}"
     shown("source", source.line + (f" · {how}" if n_parts > 1 else ""))
-    ctx = StepContext(base_dir=recipe.base_dir or Path.cwd(), work_dir=None, catalog=cat, seed=recipe.seed,
+    # model steps (generate, score) commit shards here as they finish, so a killed build resumes where it
+    # stopped; the folder is removed once the dataset version is written
+    step_work = Path(getattr(cat, "root", Path.cwd())) / "_work" / recipe.name / "steps"
+    ctx = StepContext(base_dir=recipe.base_dir or Path.cwd(), work_dir=step_work, catalog=cat, seed=recipe.seed,
                       progress=progress)
     status = (lambda msg: console.status(msg, spinner="dots")) if progress else (lambda msg: nullcontext())
     if n_parts > 1:
@@ -297,6 +301,7 @@ def run_recipe(recipe_path: Path | str | None, catalog, *, engine: str = "local"
         version, written, verb = _latest(cat, recipe.name)["version"], False, "unchanged"
     else:
         version, written, verb = cat.write(recipe.name, table, message=message, lineage=lineage), True, "wrote"
+    shutil.rmtree(step_work, ignore_errors=True)
     return _finish(cat, recipe, version, written, verb, table.num_rows, kind, reports, inputs, config_sha, file,
                    source, console)
 
