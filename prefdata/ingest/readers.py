@@ -5,7 +5,12 @@ Containers: JSON Lines (any file that is not parquet; a file starting with "[" i
 parquet, and Hugging Face `datasets` folders (`save_to_disk` output, or a folder of data files that
 `load_dataset` reads offline). JSON Lines take a fast path through pyarrow's JSON reader with the format's
 explicit schema; only when that fails (bad JSON, a value of the wrong type) are lines parsed one by one in
-Python to find and name the offending line and column."""
+Python to find and name the offending line and column.
+
+Carried columns (`carry`: named source columns; `carry_rest`: every source column the format does not read)
+come back after the format's fields with the types the file gives them (parquet/datasets) or that are
+inferred from the values (JSON); a JSON value whose type disagrees with the rest of its column is a
+mistyped-column error naming its line."""
 from __future__ import annotations
 
 import io
@@ -30,9 +35,31 @@ PARQUET_SUFFIXES = {".parquet", ".pq"}
 
 @dataclass
 class Loaded:
-    table: pa.Table          # exactly the schema's fields, in order
+    table: pa.Table          # the schema's fields in order, then the carried columns
     rows: list[int]          # source position of each table row (1-based)
     container: Container
+    carried: tuple[str, ...] = ()   # names of the carried columns (after the schema's fields)
+
+
+@dataclass(frozen=True)
+class Carry:
+    """Source columns kept as they are, besides the fields a format reads."""
+    names: tuple[str, ...] = ()      # named columns (an unknown name is an IngestError)
+    rest: bool = False               # also every other column the format does not read
+
+    def __bool__(self) -> bool:
+        return bool(self.names) or self.rest
+
+    def pick(self, available: list[str], schema: pa.Schema, path: Path) -> list[str]:
+        """The carried column names among `available` (source order for `rest`, named ones first)."""
+        missing = [c for c in self.names if c not in available]
+        if missing:
+            raise IngestError(str(path), f"carry names column(s) {missing} that the source does not have "
+                                         f"(it has: {', '.join(available) or 'no columns'})", column=missing[0])
+        out = list(self.names)
+        if self.rest:
+            out += [c for c in available if c not in schema.names and c not in out]
+        return out
 
 
 def container_of(path: Path) -> Container:
@@ -83,20 +110,21 @@ def _peek_jsonl(path: Path, n: int) -> Iterator[dict[str, Any]]:
 
 # ---------------------------------------------------------------- full read
 
-def load(path: Path, container: Container, schema: pa.Schema, problems: Problems) -> Loaded:
+def load(path: Path, container: Container, schema: pa.Schema, problems: Problems, carry: Carry = Carry()) -> Loaded:
     if container == "jsonl":
-        return _load_jsonl(path, schema, problems)
+        return _load_jsonl(path, schema, problems, carry)
     if container == "json":
         objs = _load_json_array(path)
-        return _from_objects(objs, list(range(1, len(objs) + 1)), schema, problems, container)
+        return _from_objects(objs, list(range(1, len(objs) + 1)), schema, problems, container, carry, path)
     if container == "parquet":
-        table = _read_parquet(path, schema)
+        table = _read_parquet(path, schema, carry)
     else:
         table = _hf_dataset(path).with_format("arrow")[:]
-    return _from_arrow(table, schema, problems, container)
+    carried = carry.pick(table.column_names, schema, path) if carry else []
+    return _from_arrow(table, schema, problems, container, carried)
 
 
-def _load_jsonl(path: Path, schema: pa.Schema, problems: Problems) -> Loaded:
+def _load_jsonl(path: Path, schema: pa.Schema, problems: Problems, carry: Carry = Carry()) -> Loaded:
     data = path.read_bytes()
     if data.startswith(_BOM):
         data = data[len(_BOM):]
@@ -124,16 +152,24 @@ def _load_jsonl(path: Path, schema: pa.Schema, problems: Problems) -> Loaded:
     good = [(i + 1, ln) for i, ln in enumerate(lines) if i not in bad_utf8 and ln.strip()]
     rows = [n for n, _ in good]
     body = b"\n".join(ln for _, ln in good)
-    if good:
+    # the Arrow reader is handed objects only: a top-level `null` line crashes it (segfault in pyarrow's JSON
+    # reader when it is the first line) or becomes an all-null row; such lines take the slow path, which names them
+    if good and all(ln.lstrip()[:1] == b"{" for _, ln in good):
         longest = max(len(ln) for _, ln in good)
         try:
             table = pj.read_json(
                 io.BytesIO(body),
                 read_options=pj.ReadOptions(block_size=max(1 << 22, 2 * longest + 2)),
-                parse_options=pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore"))
+                # carried columns: types inferred by the reader (a conflict within the file takes the slow path)
+                parse_options=pj.ParseOptions(explicit_schema=schema,
+                                              unexpected_field_behavior="infer" if carry else "ignore"))
+            if carry:
+                table.validate(full=True)   # inferred nested nulls can come out malformed: then the slow path
             if table.num_rows == len(good):
+                carried = carry.pick(table.column_names, schema, path) if carry else []
                 problems.rows_in += len(rows)
-                return Loaded(table.select(schema.names).combine_chunks(), rows, "jsonl")
+                extra = [c for c in carried if c not in schema.names]
+                return Loaded(table.select(schema.names + extra).combine_chunks(), rows, "jsonl", tuple(carried))
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
             pass  # slow path below names the line and column
     objs, kept = [], []
@@ -149,7 +185,7 @@ def _load_jsonl(path: Path, schema: pa.Schema, problems: Problems) -> Loaded:
             continue
         objs.append(obj)
         kept.append(lineno)
-    return _from_objects(objs, kept, schema, problems, "jsonl")
+    return _from_objects(objs, kept, schema, problems, "jsonl", carry, path)
 
 
 def _load_json_array(path: Path) -> list[Any]:
@@ -164,9 +200,12 @@ def _load_json_array(path: Path) -> list[Any]:
     return data
 
 
-def _read_parquet(path: Path, schema: pa.Schema) -> pa.Table:
+def _read_parquet(path: Path, schema: pa.Schema, carry: Carry = Carry()) -> pa.Table:
     pf = _parquet_file(path)
-    present = [n for n in schema.names if n in pf.schema_arrow.names]
+    names = pf.schema_arrow.names
+    present = [n for n in schema.names if n in names]
+    if carry:
+        present += [c for c in carry.pick(names, schema, path) if c not in present]
     return pf.read(columns=present)
 
 
@@ -196,9 +235,11 @@ def _hf_dataset(path: Path):
 
 # ---------------------------------------------------------------- typing: Arrow columns and Python values
 
-def _from_arrow(table: pa.Table, schema: pa.Schema, problems: Problems, container: Container) -> Loaded:
+def _from_arrow(table: pa.Table, schema: pa.Schema, problems: Problems, container: Container,
+                carried: list[str] = ()) -> Loaded:
     """Columns already typed by the file: cheap casts where they cannot change meaning (int -> float,
-    large_string -> string); anything else is checked value by value so a wrong type names its row."""
+    large_string -> string); anything else is checked value by value so a wrong type names its row.
+    Carried columns keep the file's types."""
     n = table.num_rows
     rows = list(range(1, n + 1))
     cols, bad_rows = {}, set()
@@ -223,23 +264,64 @@ def _from_arrow(table: pa.Table, schema: pa.Schema, problems: Problems, containe
                 for k, v in cols.items()}
     arrays = [v if isinstance(v, pa.ChunkedArray | pa.Array) else pa.array(v, f.type)
               for f, v in zip(schema, cols.values(), strict=True)]
-    return Loaded(pa.Table.from_arrays(arrays, schema=schema).combine_chunks(), [rows[i] for i in keep], container)
+    out = pa.Table.from_arrays(arrays, schema=schema)
+    for c in carried:
+        if c in schema.names:      # a field the format reads is carried as read (e.g. a mapped column)
+            continue
+        col = table.column(c)
+        out = out.append_column(c, col.take(pa.array(keep, pa.int64())) if bad_rows else col)
+    return Loaded(out.combine_chunks(), [rows[i] for i in keep], container, tuple(carried))
 
 
 def _from_objects(objs: list[dict], rows: list[int], schema: pa.Schema, problems: Problems,
-                  container: Container) -> Loaded:
+                  container: Container, carry: Carry = Carry(), src: Path | None = None) -> Loaded:
     bad: dict[int, tuple[str, str, str, str]] = {}
     for f in schema:
         values = [o.get(f.name) for o in objs]
         for idx, path, expected, got in _mismatches(values, f.type, f.name):
             bad.setdefault(idx, (path, expected, got, f.name))
+    carried: list[str] = []
+    if carry:
+        seen = list(dict.fromkeys(k for o in objs for k in o))   # every key, in order of first appearance
+        carried = carry.pick(seen, schema, src or Path("input"))
+        for c in carried:
+            if c in schema.names:
+                continue
+            for idx, expected, got in _carried_mismatches([o.get(c) for o in objs]):
+                bad.setdefault(idx, (c, expected, got, c))
     for idx in sorted(bad):
         path, expected, got, top = bad[idx]
         problems.record(rows[idx], f"expected {expected}, got {got}", reason=f"mistyped {top}", column=path)
     keep = [i for i in range(len(objs)) if i not in bad]
     problems.rows_in += len(keep)
     arrays = [pa.array([objs[i].get(f.name) for i in keep], f.type) for f in schema]
-    return Loaded(pa.Table.from_arrays(arrays, schema=schema), [rows[i] for i in keep], container)
+    out = pa.Table.from_arrays(arrays, schema=schema)
+    for c in carried:
+        if c in schema.names:
+            continue
+        values = [objs[i].get(c) for i in keep]
+        try:
+            out = out.append_column(c, pa.array(values))
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as e:   # nested values of mixed types: not one Arrow type
+            raise IngestError(str(src), f"carried column {c!r} has values of mixed types that do not form one "
+                                        f"column type ({e})", column=c) from None
+    return Loaded(out, [rows[i] for i in keep], container, tuple(carried))
+
+
+def _carried_mismatches(values: list[Any]) -> Iterator[tuple[int, str, str]]:
+    """(row index, expected, got) for values whose JSON kind differs from the column's first non-null value
+    (numbers of both int and float kind are one kind)."""
+    kinds = [_json_kind(v) for v in values]
+    first = next((k for k in kinds if k != "null"), None)
+    if first is None:
+        return
+    for i, (k, v) in enumerate(zip(kinds, values, strict=True)):
+        if k not in ("null", first):
+            yield i, f"{_article(first)} (as in the column's first value)", _describe(v)
+
+
+def _article(kind: str) -> str:
+    return f"an {kind}" if kind[0] in "aeiou" else f"a {kind}"
 
 
 def _cheap_cast(actual: pa.DataType, target: pa.DataType) -> bool:

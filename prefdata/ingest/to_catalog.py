@@ -32,17 +32,20 @@ def _media_root(cat: Any) -> Path | None:
 
 def ingest_to_catalog(cat: Any, path: str | Path, format: str | None = None, *, name: str | None = None,
                       mapping: dict[str, str] | None = None, on_error: OnError = "raise",
-                      message: str | None = None, media_dir: str | Path | None = None) -> dict[str, Any]:
+                      message: str | None = None, media_dir: str | Path | None = None,
+                      carry: list[str] | None = None) -> dict[str, Any]:
     """Ingest `path` into catalog `cat` as dataset `name` (default: the file's stem). Media bytes go under
-    `media_dir` (default: the catalog directory). Returns name, version, format, kind, rows_in, rows_kept,
+    `media_dir` (default: the catalog directory); `carry` keeps the named source columns (see read_source).
+    Returns name, version, format, kind, rows_in, rows_kept,
     drops, source, source_sha256 and the format's info."""
     path = Path(path)
     res = read_source(path, format=format, mapping=mapping, on_error=on_error,
-                      media_dir=media_dir if media_dir is not None else _media_root(cat))
+                      media_dir=media_dir if media_dir is not None else _media_root(cat), carry=carry)
     name = name or path.stem
     lineage = {
         "builder": "ingest", "format": res.format, "source": str(path), "source_sha256": source_sha256(path),
-        "config": {"format": res.format, "mapping": mapping or None, "on_error": on_error},
+        "config": {"format": res.format, "mapping": mapping or None, "on_error": on_error,
+                   **({"carry": list(carry)} if carry else {})},
         # rows_dropped is the catalog's accounting key (checked: rows_in == rows_kept + sum); drops mirrors it
         # under the name the ingest API reports
         "rows_in": res.rows_in, "rows_kept": res.rows_kept, "rows_dropped": res.drops, "drops": res.drops,

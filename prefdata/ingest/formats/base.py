@@ -13,7 +13,7 @@ import pyarrow as pa
 
 from prefdata.ingest.problems import Problems
 
-Kind = Literal["responses", "pairs"]
+Kind = Literal["prompts", "responses", "pairs"]
 Record = dict[str, Any]
 
 MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
@@ -31,6 +31,7 @@ class Plan:
     origin: dict[str, str] = field(default_factory=dict)
     strategy: str = "given"                        # pairs: recorded in the `strategy` column
     min_responses: int = 2                         # responses: prompts with fewer are dropped (counted)
+    carry_rest: bool = False                       # carry every source column the format does not read
     info: dict[str, Any] = field(default_factory=dict)
 
 
@@ -42,6 +43,7 @@ class Format:
     plan: Callable[[Record, dict[str, str] | None, str], Plan]   # (first record, mapping, path)
     refines: str | None = None                     # a specialisation of another format wins over it
     container: str | None = None                   # generic formats force how the file is read
+    mappable: bool = False                         # takes a column mapping (generic formats always do)
 
 
 def messages_series(name: str, values: list) -> pl.Series:

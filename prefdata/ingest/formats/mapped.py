@@ -4,8 +4,9 @@ Canonical columns a mapping may name: responses - prompt, response, prompt_id, r
 rank, video, images, scores.<name>; pairs - prompt, chosen, rejected, prompt_id, chosen_id, rejected_id,
 score_chosen, score_rejected, weight, images, video_chosen, video_rejected, caption. A canonical column the
 mapping does not name is taken from the source column of the same name when the first record has it. The
-kind follows the mapped columns: chosen/rejected -> pairs, otherwise responses. Unmapped source columns are
-not carried. A mapped source column missing from the first record is an IngestError naming it."""
+kind follows the mapped columns: chosen/rejected -> pairs, otherwise responses (prompt-only sources: format
+`prompts`). Unmapped source columns are carried only when named in read_source's `carry`. A mapped source
+column missing from the first record is an IngestError naming it."""
 from __future__ import annotations
 
 import polars as pl
@@ -46,8 +47,9 @@ def make_plan(first: Record, mapping: dict[str, str] | None, path: str) -> Plan:
             mapping[col] = col
     for col in REQUIRED[kind]:
         if col not in mapping:
+            hint = " (a prompt-only source: use --format prompts)" if col == "response" else ""
             raise IngestError(path, f"no source column for {kind} column {col!r}; map one with --map {col}=COLUMN "
-                                    f"(first record has: {', '.join(sorted(first)) or 'no keys'})", row=None)
+                                    f"(first record has: {', '.join(sorted(first)) or 'no keys'}){hint}", row=None)
     for canon, src in mapping.items():
         if src not in first:
             raise IngestError(path, f"mapped column {src!r} (for {canon!r}) is missing; first record has: "

@@ -128,6 +128,13 @@ def plan(first: Record, mapping, path: str = "") -> Plan:
             return _conversational(df, p, explicit)
     elif explicit:
         def transform(df, p):
+            if df.schema["prompt"] != pl.String:   # conversational prompt, string completions
+                df = reject_bad_messages(df, p, "prompt")
+                msgs = df["prompt"].to_list()
+                df = df.with_columns(messages_series("messages", msgs),
+                                     pl.Series("prompt", [_prompt_text(m) if m else None for m in msgs],
+                                               dtype=pl.String))
+                return df.select("prompt", "messages", "chosen", "rejected", "_row")
             return df.select("prompt", "chosen", "rejected", "_row")
     else:
         transform = _implicit_strings
