@@ -9,7 +9,13 @@ until the largest change < tol or max_iter. Tests no code passes decay to zero w
 Pairs: correctness first (stage 0: chosen = higher code score, rejected = lower, gap > min_score_gap),
 then efficiency (stage 1: among codes passing every test some code passes, chosen = fastest, rejected =
 slowest by median measured run time over `repeats`, when slowest/fastest >= min_speedup). For efficiency
-pairs score = −median seconds, so margin = time saved. Identical code strings are deduplicated first."""
+pairs score = −median seconds, so margin = time saved. Identical code strings are deduplicated first.
+
+`reference_column` (optional) names a column holding a known-correct solution per problem (e.g. the
+`reference_solution` that code_problems.jsonl carries through `generate`): it joins that problem's candidates
+as one more solution (model "reference", unless a candidate already has the same code), so a problem whose
+samples all fail still yields a correctness pair, reference chosen. References are not input rows: row
+accounting stays over the input candidates, and info["references"] counts them."""
 from __future__ import annotations
 
 import re
@@ -49,6 +55,10 @@ class CodeDPOConfig(StepConfig, frozen=True):
     min_speedup: float = Field(1.2, ge=1.0)
     limits: SandboxLimits = SandboxLimits()
     workers: int = Field(2, ge=1)
+    reference_column: str | None = None      # a known-correct solution per problem, added as a candidate
+
+
+REF = "_reference"    # marks the added reference rows (not input rows, so not in the row accounting)
 
 
 def mutual_scores(a: np.ndarray, *, damping: float = 0.85, tol: float = 1e-6, max_iter: int = 50
@@ -128,6 +138,10 @@ def build_codedpo(frame: pl.LazyFrame, cfg: CodeDPOConfig, ctx: StepContext) -> 
     if dup.to_series().any():
         drops["duplicate code (same prompt)"] = int(dup.to_series().sum())
         df = df.filter(~dup.to_series())
+    df = df.with_columns(pl.lit(False).alias(REF))
+    refs = {"added": 0, "same_code_as_a_candidate": 0, "in_pairs": 0}
+    if cfg.reference_column:
+        df = _with_references(df, cfg.reference_column, refs)
     gen = _generated_tests(df.unique("prompt_id", maintain_order=True), cfg.generate_tests, ctx) \
         if cfg.generate_tests else {}
     limits = cfg.limits.limits()
@@ -140,11 +154,12 @@ def build_codedpo(frame: pl.LazyFrame, cfg: CodeDPOConfig, ctx: StepContext) -> 
         tests = list(dict.fromkeys(
             [t for lst in (grp[cfg.tests_column].to_list() if cfg.tests_column else []) for t in (lst or [])]
             + gen.get(pid, [])))
+        n_input = grp.height - int(grp[REF].sum())
         if not tests:
-            drops["problem has no tests"] = drops.get("problem has no tests", 0) + grp.height
+            drops["problem has no tests"] = drops.get("problem has no tests", 0) + n_input
             continue
         if grp.height < 2:
-            drops["problem has < 2 distinct solutions"] = drops.get("problem has < 2 distinct solutions", 0) + 1
+            drops["problem has < 2 distinct solutions"] = drops.get("problem has < 2 distinct solutions", 0) + n_input
             continue
         info["problems"] += 1
         a, grid = run_matrix(grp["_code"].to_list(), tests, limits, cfg.workers)
@@ -186,16 +201,50 @@ def build_codedpo(frame: pl.LazyFrame, cfg: CodeDPOConfig, ctx: StepContext) -> 
                                            pass_rate[fi], pass_rate[si], fast_t, slow_t))
                         used.update((rows[fi]["response_id"], rows[si]["response_id"]))
                         info["efficiency_pairs"] += 1
-        unused = sum(r["response_id"] not in used for r in rows)
+        unused = sum(r["response_id"] not in used for r in rows if not r[REF])
         if unused:
             drops["solution in no pair"] = drops.get("solution in no pair", 0) + unused
-    kept = len(used)
+    ref_ids = set(df.filter(pl.col(REF))["response_id"].to_list())
+    refs["in_pairs"] = len(used & ref_ids)
+    kept = len(used - ref_ids)
+    if cfg.reference_column:
+        info["references"] = refs
     out = _frame(pairs)
     info["iterations"] = {"max": max(info["iterations"], default=0), "mean": float(np.mean(info["iterations"]))
                           if info["iterations"] else 0.0}
     summary = (f"{info['correctness_pairs']} correctness + {info['efficiency_pairs']} efficiency pairs from "
                f"{info['problems']} problems · {info['sandbox']['runs']} sandbox runs")
     return Built(out.lazy(), "pairs", drops=drops, rows_in=rows_in, rows_kept=kept, info=info, summary=summary)
+
+
+def _with_references(df: pl.DataFrame, column: str, refs: dict) -> pl.DataFrame:
+    """One reference row per problem (its first non-empty `column` value) appended to its candidates, unless a
+    candidate already has the same code."""
+    from prefdata.ingest.ids import response_ids
+
+    if column not in df.columns:
+        raise SchemaError(f"codedpo: reference column {column!r} missing", column=column)
+    if df.schema[column] != pl.String:
+        raise SchemaError(f"codedpo: reference column {column!r} must hold code strings, got {df.schema[column]}",
+                          column=column, expected="string")
+    if "model" not in df.columns:
+        df = df.with_columns(pl.lit(None, pl.String).alias("model"))
+    has_ref = pl.col(column).is_not_null() & (pl.col(column).str.strip_chars() != "")
+    ref = df.filter(has_ref).unique("prompt_id", keep="first", maintain_order=True)
+    ref = ref.with_columns(pl.col(column).alias("response"), pl.lit("reference").alias("model"),
+                           pl.col(column).map_elements(extract_code, return_dtype=pl.String).alias("_code"),
+                           pl.lit(True).alias(REF))
+    ref = ref.with_columns(pl.Series("response_id", response_ids(ref["prompt_id"], ref["response"]), pl.String))
+    # generation metadata of the row the reference was taken from does not describe the reference
+    meta = [c for c in ("seed", "sample_index", "gen_params", "finish_reason", "n_tokens", "score", "scores", "rank")
+            if c in ref.columns]
+    ref = ref.with_columns([pl.lit(None, ref.schema[c]).alias(c) for c in meta])
+    new = ref.join(df.select("prompt_id", "_code"), on=["prompt_id", "_code"], how="anti")
+    refs["added"], refs["same_code_as_a_candidate"] = new.height, ref.height - new.height
+    # each problem's reference right after its candidates (group_by keeps first-appearance order)
+    order = df.select("prompt_id").unique(maintain_order=True).with_row_index("_p")
+    both = pl.concat([df, new.select(df.columns)]).join(order, on="prompt_id", how="left", maintain_order="left")
+    return both.sort("_p", REF, maintain_order=True).drop("_p")
 
 
 def _pair(c: dict, r: dict, s_c: float, s_r: float, strategy: str, stage: int, pr_c: float, pr_r: float,

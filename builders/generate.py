@@ -1,8 +1,11 @@
 """`generate` step: N candidates per prompt from one or several models -> canonical `responses`.
 
-Input: any table with `prompt` (and optionally `prompt_id`, `messages`, per-row parameter columns); one
-generation per distinct prompt_id (further rows of the same prompt are an accounted drop). Other
-prompt-level columns (e.g. `tests`, `caption_long`) are carried to every candidate.
+Input: a `prompts` table (a prompt-only source: one row per prompt, its extra columns such as reference
+`tests` carried by ingest) or any `responses` table, i.e. anything with `prompt` (and optionally
+`prompt_id`, `messages`, per-row parameter columns); one generation per distinct prompt_id (further rows of
+the same prompt are an accounted drop). Other prompt-level columns (e.g. `tests`, `caption_long`) are
+carried to every candidate; the input's response-level columns (response, score, images, ...) describe other
+responses and are not (info["not_carried"] lists them).
 Output per candidate: prompt_id, prompt, messages, response_id, response, model, seed, sample_index,
 gen_params struct, finish_reason, n_tokens (and `images` for diffusers models).
 
@@ -71,6 +74,7 @@ def candidate_id(prompt_id: str, model: str, k: int, seed: int) -> str:
 
 
 def _prompts(frame: pl.LazyFrame, cfg: GenerateConfig) -> tuple[pl.DataFrame, int, dict[str, int]]:
+    """One row per prompt to generate for, with its prompt-level columns; (rows, rows_in, drops)."""
     df = frame.collect()
     if "prompt" not in df.columns:
         raise SchemaError("generate needs a 'prompt' column", column="prompt", expected="string")
@@ -182,7 +186,9 @@ def build_generate(frame: pl.LazyFrame, cfg: GenerateConfig, ctx: StepContext) -
         if scratch:
             shutil.rmtree(work, ignore_errors=True)
     out = _assemble(gen, carried)
+    not_carried = [c for c in _RESPONSE_LEVEL if c in frame.collect_schema().names()]
     info = {"prompts": prompts.height, "candidates": out.height, "shards": n_shards,
+            **({"not_carried": not_carried} if not_carried else {}),
             "shards_resumed": resumed, "models": [m.name for m in cfg.models], "n": cfg.n,
             "finish_reasons": dict(out.group_by("finish_reason").len().iter_rows()) if out.height else {}}
     summary = (f"{out.height:,} candidates for {prompts.height:,} prompts × {len(cfg.models)} model(s) × n={cfg.n}"

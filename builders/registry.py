@@ -32,7 +32,7 @@ STEPS: dict[str, StepSpec] = {
     "dcpo": StepSpec("builders.captions", "DcpoConfig", "build_dcpo", ("responses", "pairs")),
     "video_augment": StepSpec("builders.video", "VideoAugmentConfig", "build_video_augment", ("responses",)),
     "dense_segments": StepSpec("builders.video", "DenseSegmentsConfig", "build_dense_segments", ("pairs",)),
-    "generate": StepSpec("builders.generate", "GenerateConfig", "build_generate", ("responses",)),
+    "generate": StepSpec("builders.generate", "GenerateConfig", "build_generate", ("prompts", "responses")),
     "score": StepSpec("builders.score", "ScoreConfig", "build_score", ("responses",)),
     "ensemble": StepSpec("builders.ensemble", "EnsembleConfig", "build_ensemble", ("responses",)),
     "codedpo": StepSpec("builders.codedpo", "CodeDPOConfig", "build_codedpo", ("responses",)),

@@ -30,12 +30,15 @@ def test_rankdpo_recipe_builds_ranked_lists(tiny_diffusion, tiny_open_clip, tiny
     cat = catalog.Catalog.open(tmp_path / "cat")
     res = run_recipe(recipe, cat, progress=False)
     lists = cat.read("synth-rankdpo").to_pylist()
-    assert res.kind == "lists" and len(lists) == 11                    # 11 real captions, 3 images each
+    assert res.kind == "lists" and len(lists) == 12                    # 12 real captions, 3 images each
     for row in lists:
         assert len(row["responses"]) == 3 and row["ranks"][0] == 1
         assert row["scores"] == sorted(row["scores"], reverse=True)
         for uri in row["responses"]:                                   # responses are the generated PNGs
             assert (tmp_path / uri).exists() and uri.endswith(".png")
     gen_report, score_report, ens_report = res.steps[:3]
-    assert gen_report.rows_out == 33 and score_report.rows_out == 33
+    assert gen_report.rows_in == 12 and gen_report.drops == {}         # prompt-only source: one row per caption
+    assert gen_report.rows_out == 36 and score_report.rows_out == 36
+    src = cat.read("synth-rankdpo-source")                             # the ingested prompts, extra columns kept
+    assert src.num_rows == 12 and {"prompt_id", "prompt", "file", "caption_long"} <= set(src.column_names)
     assert set(ens_report.info["agreement"]["scorer_pairs"]) == {"clip_b32~pickscore"}
