@@ -70,6 +70,8 @@ def table_kind(columns: list[str]) -> str:
         return "pairs"
     if "responses" in columns and "ranks" in columns:
         return "lists"
+    if "response" not in columns:
+        return "prompts"
     return "responses"
 
 
@@ -123,7 +125,7 @@ def _load_source(recipe: Recipe, cat) -> _Source:
     # media bytes in the source (Pick-a-Pic jpg_0/jpg_1) are stored content-addressed under the catalog,
     # where the dataset's relative media URIs resolve
     root = getattr(cat, "root", None)
-    res = read_source(path, format=src.format, mapping=src.mapping,
+    res = read_source(path, format=src.format, mapping=src.mapping, carry=src.carry,
                       media_dir=Path(root) if root is not None else None)
     name = f"{recipe.name}-source"
     latest = _latest(cat, name)
@@ -134,7 +136,7 @@ def _load_source(recipe: Recipe, cat) -> _Source:
     if dropped:
         line += f" · dropped {dropped:,} ({', '.join(res.drops)})"
     lineage = {"builder": "ingest", "format": res.format, "source": str(path), "config":
-               {"format": res.format, "mapping": src.mapping or {}}, "rows_in": res.rows_in,
+               {"format": res.format, "mapping": src.mapping or {}, "carry": src.carry or []}, "rows_in": res.rows_in,
                "rows_kept": res.rows_in - dropped, "rows_dropped": dict(res.drops), "info": res.info}
     return _Source(res.table, res.kind, name, latest["version"] if same else None, line, lineage,
                    rows=res.table.num_rows)

@@ -146,19 +146,20 @@ def ingest(
     name: Annotated[str, typer.Option("--name", "-n", help="Catalog dataset name to write.")],
     format: Annotated[str | None, typer.Option("--format", "-f", help="Input format (auto-detected when omitted).")] = None,
     map: Annotated[list[str] | None, typer.Option("--map", help="Column mapping CANONICAL=SOURCE (repeatable).")] = None,
+    carry: Annotated[list[str] | None, typer.Option("--carry", help="Keep this extra source column (repeatable).")] = None,
     on_error: Annotated[str, typer.Option("--on-error", help="raise: stop at the first bad row; drop: drop it and account for it.")] = "raise",
     message: Annotated[str | None, typer.Option("--message", "-m")] = None,
     catalog: CatalogOpt = None,
     as_json: JsonOpt = False,
 ):
-    """Ingest a known format (arena, ultrafeedback, hh-rlhf, nectar, helpsteer2, pick-a-pic, trl, jsonl, parquet, hf)."""
+    """Ingest a known format (arena, ultrafeedback, hh-rlhf, nectar, helpsteer2, pick-a-pic, trl, prompts, jsonl, parquet, hf)."""
     from prefdata.ingest import ingest_to_catalog
 
     if on_error not in ("raise", "drop"):
         raise PrefdataError(f"--on-error must be 'raise' or 'drop', got {on_error!r}")
     cat = _open_catalog(catalog, must_exist=False)
     info = ingest_to_catalog(cat, path, format=format, name=name, mapping=_parse_mapping(map),
-                             on_error=on_error, message=message)
+                             on_error=on_error, message=message, carry=carry)
     if as_json:
         _print_json(info)
         return

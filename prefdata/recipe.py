@@ -34,7 +34,7 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 TOP_KEYS = ("name", "description", "seed", "source", "steps", "partitions")
 # the table kind a file source yields, where the format alone decides it (others: decided by mapping/content)
 FORMAT_KIND = {"arena": "responses", "ultrafeedback": "responses", "nectar": "responses", "helpsteer2": "responses",
-               "hh-rlhf": "pairs", "pick-a-pic": "pairs"}
+               "hh-rlhf": "pairs", "pick-a-pic": "pairs", "prompts": "prompts"}
 PAIR_COLUMNS = {"chosen", "rejected"}
 
 
@@ -44,6 +44,7 @@ class SourceSpec(BaseModel):
     path: str | None = None
     format: str | None = None
     mapping: dict[str, str] | None = None
+    carry: list[str] | None = None        # extra source columns to keep (e.g. reference tests)
 
 
 @dataclass(frozen=True)
