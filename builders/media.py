@@ -26,8 +26,8 @@ from PIL import Image, UnidentifiedImageError
 
 from builders.base import Built, StepConfig, StepContext
 from prefdata.errors import IngestError, SchemaError
+from prefdata.media_files import MEDIA_DIR, put_media_bytes
 
-MEDIA_DIR = "media"
 _HASHED = re.compile(r"^media/[0-9a-f]{64}\.[A-Za-z0-9]+$")
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 VIDEO_EXTS = {".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v"}
@@ -66,20 +66,8 @@ class MediaStore:
         return self.base_dir / p
 
     def put_bytes(self, data: bytes, ext: str) -> str:
-        """Store bytes under their sha256; returns the URI. Writing is atomic (temp file + rename),
-        so concurrent builders writing the same content never expose a half-written file."""
-        ext = ext if ext.startswith(".") else "." + ext
-        digest = hashlib.sha256(data).hexdigest()
-        uri = f"{MEDIA_DIR}/{digest}{ext.lower()}"
-        dest = self.root / uri
-        if dest.exists():
-            return uri
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".tmp-")
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, dest)
-        return uri
+        """Store bytes under their sha256; returns the URI (atomic, see prefdata.media_files)."""
+        return put_media_bytes(self.root, data, ext)
 
     def put_file(self, path: Path) -> str:
         h = hashlib.sha256()

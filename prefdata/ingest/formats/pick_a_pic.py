@@ -9,17 +9,13 @@ as text; images = [chosen URI, rejected URI]. Image bytes are written content-ad
 (the catalog directory when ingesting into a catalog), the same rule the media builders resolve."""
 from __future__ import annotations
 
-import hashlib
-import os
-import tempfile
-from pathlib import Path
-
 import polars as pl
 import pyarrow as pa
 
 from prefdata.errors import IngestError
 from prefdata.ingest.formats.base import Format, Plan, Record, has
 from prefdata.ingest.problems import Problems
+from prefdata.media_files import put_media_bytes
 
 _META = [("caption", pa.string()), ("label_0", pa.float64()), ("label_1", pa.float64()),
          ("model_0", pa.string()), ("model_1", pa.string())]
@@ -36,19 +32,6 @@ def image_ext(data: bytes) -> str | None:
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return ".webp"
     return None
-
-
-def put_media(media_dir: Path, data: bytes, ext: str) -> str:
-    """Content-addressed write (temp file + rename, so a concurrent reader never sees half a file)."""
-    uri = f"media/{hashlib.sha256(data).hexdigest()}{ext}"
-    dest = media_dir / uri
-    if not dest.exists():
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".tmp-")
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, dest)
-    return uri
 
 
 def _labels(df: pl.DataFrame, p: Problems) -> pl.DataFrame:
@@ -72,7 +55,7 @@ def _uris_from_bytes(df: pl.DataFrame, p: Problems) -> pl.DataFrame:
                       message="bytes are not a PNG, JPEG, GIF, BMP or WebP image")
     p.info["media_dir"] = str(p.media_dir)
     for k in (0, 1):
-        uris = [put_media(p.media_dir, b, e) for b, e in zip(df[f"jpg_{k}"].to_list(), df[f"_ext_{k}"].to_list(),
+        uris = [put_media_bytes(p.media_dir, b, e) for b, e in zip(df[f"jpg_{k}"].to_list(), df[f"_ext_{k}"].to_list(),
                                                               strict=True)]
         df = df.with_columns(pl.Series(f"_uri_{k}", uris, dtype=pl.String))
     return df
