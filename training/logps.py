@@ -19,7 +19,11 @@ from prefdata.errors import RecipeError
 
 
 class _ChunkedTokenLogps(torch.autograd.Function):
-    """log_softmax(h @ W.T + b)[target] for N selected positions, `chunk` positions at a time."""
+    """log_softmax(h @ W.T + b)[target] for N selected positions, `chunk` positions at a time.
+
+    Forward keeps only the [N] log-probs and the [N] log-normalizers (logsumexp); backward recomputes each
+    chunk's logits once and turns them into the softmax in place (exp(logit - lse)), so a chunk costs one fp32
+    [chunk, vocab] buffer (+ one compute-dtype copy under mixed precision) and no second logsumexp pass."""
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, targets, chunk: int, compute_dtype):
@@ -27,17 +31,18 @@ class _ChunkedTokenLogps(torch.autograd.Function):
         w = weight.to(compute_dtype)
         b = None if bias is None else bias.to(compute_dtype)
         out = torch.empty(hidden.shape[0], dtype=out_dtype, device=hidden.device)
+        lse = torch.empty_like(out)
         for s in range(0, hidden.shape[0], chunk):
             logits = nn.functional.linear(hidden[s:s + chunk].to(compute_dtype), w, b).to(out_dtype)
-            t = targets[s:s + chunk, None]
-            out[s:s + chunk] = (logits.gather(1, t) - torch.logsumexp(logits, dim=-1, keepdim=True)).squeeze(1)
-        ctx.save_for_backward(hidden, weight, bias, targets)
+            lse[s:s + chunk] = torch.logsumexp(logits, dim=-1)
+            out[s:s + chunk] = logits.gather(1, targets[s:s + chunk, None]).squeeze(1) - lse[s:s + chunk]
+        ctx.save_for_backward(hidden, weight, bias, targets, lse)
         ctx.chunk, ctx.compute_dtype = chunk, compute_dtype
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        hidden, weight, bias, targets = ctx.saved_tensors
+        hidden, weight, bias, targets, lse = ctx.saved_tensors
         chunk, cdt = ctx.chunk, ctx.compute_dtype
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         need_b = bias is not None and ctx.needs_input_grad[2]
@@ -49,18 +54,22 @@ class _ChunkedTokenLogps(torch.autograd.Function):
         gb = torch.zeros(bias.shape, dtype=acc, device=bias.device) if need_b else None
         for s in range(0, hidden.shape[0], chunk):
             h = hidden[s:s + chunk].to(cdt)
-            logits = nn.functional.linear(h, w, b).to(grad_out.dtype)
             g = grad_out[s:s + chunk, None]
-            # d/dlogits of (logit[t] - logsumexp) = onehot(t) - softmax
-            dlogits = -g * torch.softmax(logits, dim=-1)
+            # d/dlogits of (logit[t] - logsumexp) = onehot(t) - softmax; softmax = exp(logit - lse), in place
+            dlogits = nn.functional.linear(h, w, b).to(lse.dtype)
+            dlogits.sub_(lse[s:s + chunk, None]).exp_().mul_(-g)
             dlogits.scatter_add_(1, targets[s:s + chunk, None], g)
-            dl = dlogits.to(cdt)
+            dl = dlogits.to(cdt)  # no copy when the head computes in fp32/fp64
+            if need_b:
+                gb += dlogits.sum(0).to(acc)
+            del dlogits
             if need_h:
                 gh[s:s + chunk] = (dl @ w).to(hidden.dtype)
             if need_w:
-                gw += (dl.t() @ h).to(acc)
-            if need_b:
-                gb += dlogits.sum(0).to(acc)
+                if dl.dtype == acc:
+                    gw.addmm_(dl.t(), h)  # accumulate in place: no [vocab, hidden] temporary per chunk
+                else:
+                    gw += (dl.t() @ h).to(acc)
         return (gh, None if gw is None else gw.to(weight.dtype), None if gb is None else gb.to(bias.dtype),
                 None, None, None)
 
@@ -72,9 +81,14 @@ def chunked_token_logps(hidden: torch.Tensor, lm_head: nn.Linear, targets: torch
     return _ChunkedTokenLogps.apply(hidden, lm_head.weight, lm_head.bias, targets, max(1, int(chunk)), cdt)
 
 
-def auto_chunk(vocab_size: int, budget_bytes: int = 256 * 2**20) -> int:
-    """Positions per chunk so that ~3 fp32 [chunk, vocab] buffers stay within the budget."""
-    return max(16, budget_bytes // (12 * vocab_size))
+def auto_chunk(vocab_size: int, device: torch.device | str | None = None, budget_bytes: int | None = None) -> int:
+    """Positions per LM-head chunk: a chunk needs ~8 bytes per logit (one fp32 buffer + a compute-dtype copy
+    + the matmul output). Big chunks mean few large GEMMs and few [vocab, hidden] weight-gradient updates (each
+    chunk reads and writes the whole fp32 weight gradient once), so a GPU gets 1 GiB (about 880 positions at a
+    152k vocabulary, 33k at 8k), a CPU 256 MiB (RSS matters more there)."""
+    if budget_bytes is None:
+        budget_bytes = 2**30 if torch.device(device or "cpu").type == "cuda" else 2**28
+    return max(64, budget_bytes // (8 * vocab_size))
 
 
 @dataclass
@@ -88,6 +102,7 @@ class Packed:
     targets: torch.Tensor        # [N] the response token ids
     seq: torch.Tensor            # [N] response index in 0..S-1 (groups in order, responses in order)
     tok_pos: torch.Tensor        # [N] position of the token inside its response
+    counts: torch.Tensor         # [S] tokens per response
     n_seqs: int
     max_resp: int
     n_tokens: int                # real (non-pad) tokens in the batch
@@ -122,7 +137,7 @@ class SequenceLogps(nn.Module):
         super().__init__()
         check_supported(lm.config)
         self.lm = lm
-        self.chunk = chunk or auto_chunk(lm.get_output_embeddings().weight.shape[0])
+        self.chunk = chunk  # None: auto_chunk for the device the forward runs on
         self.compute_dtype = compute_dtype
 
     def forward(self, b: Packed, with_tokens: bool = False) -> SeqOut:
@@ -132,9 +147,10 @@ class SequenceLogps(nn.Module):
         head = self.lm.get_output_embeddings()
         # index_select (backward = index_add) handles the prompt position shared by every response's first token
         sel = hidden.flatten(0, 1).index_select(0, b.src_row * hidden.shape[1] + b.src_col)
-        tok = chunked_token_logps(sel, head, b.targets, chunk=self.chunk, compute_dtype=self.compute_dtype)
+        chunk = self.chunk or auto_chunk(head.weight.shape[0], hidden.device)
+        tok = chunked_token_logps(sel, head, b.targets, chunk=chunk, compute_dtype=self.compute_dtype)
         sums = torch.zeros(b.n_seqs, dtype=tok.dtype, device=tok.device).index_add(0, b.seq, tok)
-        counts = torch.bincount(b.seq, minlength=b.n_seqs)
+        counts = b.counts  # known on the host: no bincount (a device sync on a GPU)
         tokens = mask = None
         if with_tokens:
             tokens = torch.zeros(b.n_seqs, b.max_resp, dtype=tok.dtype, device=tok.device)

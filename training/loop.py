@@ -24,6 +24,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from transformers import get_cosine_schedule_with_warmup
 
 from training.batches import RefStore, make_batch
+from training.budget import resolve_token_budget
 from training.data import TrainData
 from training.forward import group_logps
 from training.logps import SequenceLogps
@@ -82,8 +83,10 @@ class Trainer:
             s.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         head_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.acc.mixed_precision)
         model = SequenceLogps(s.lm, chunk=t.logp_chunk, compute_dtype=head_dtype)
-        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=t.lr,
-                                weight_decay=t.weight_decay)
+        params = [p for p in model.parameters() if p.requires_grad]
+        # fused AdamW: one kernel per step instead of a dozen per parameter (CPU: ~8x faster, no temporaries)
+        opt = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay,
+                                fused=all(p.is_floating_point() for p in params))
         warmup = int(round(t.warmup_ratio * len(s.plan)))
         self.sched = get_cosine_schedule_with_warmup(opt, warmup, max(1, len(s.plan)))
         self.model, self.opt = self.acc.prepare(model, opt)
@@ -91,7 +94,10 @@ class Trainer:
         bco = getattr(s.params, "delta", None) == "running_mean"
         self.bco = RunningMean(s.params.delta_window) if bco else None
         # several forwards per backward are fine on one process; DDP wants exactly one per micro-batch
-        self.token_budget = t.token_budget if self.acc.num_processes == 1 else 1 << 62
+        self.token_budget = resolve_token_budget(t.token_budget, s.lm, self.acc.device,
+                                                 mixed_precision=head_dtype is not None,
+                                                 grad_checkpointing=t.grad_checkpointing) \
+            if self.acc.num_processes == 1 else 1 << 62
         self.metrics_path = s.out_dir / "metrics.jsonl"
 
     # -- one micro-batch ------------------------------------------------------------------------------
@@ -190,48 +196,33 @@ class Trainer:
                 if step in refresh:
                     self.refresh_reference(refresh[step])
                 t0 = time.perf_counter()
-                sums = {"loss": 0.0, "acc": 0.0, "rc": 0.0, "rr": 0.0, "n_reward": 0, "tokens": 0}
-                extra: dict[str, float] = {}
+                stats = _StepStats(plan.examples, self.acc.device)
                 parts = [p for idx in plan.micro for p in self.parts(idx)]
                 for j, idx in enumerate(parts):
                     ctx = self.acc.no_sync(self.model) if j < len(parts) - 1 else _nullcontext()
                     with ctx:
                         loss, lo, ntok, lo_sums = self.micro_loss(idx)
                         self.acc.backward(loss / plan.examples)
-                    sums["loss"] += float(loss.detach()) / plan.examples
-                    sums["tokens"] += ntok
-                    if s.data.kind == "pairs":  # mean policy log-probs, as TRL logs them (logps/chosen)
-                        extra["logps_chosen"] = extra.get("logps_chosen", 0.0) + float(
-                            lo_sums[0::2].detach().float().sum()) / plan.examples
-                        extra["logps_rejected"] = extra.get("logps_rejected", 0.0) + float(
-                            lo_sums[1::2].detach().float().sum()) / plan.examples
-                    if lo.chosen_reward is not None and lo.rejected_reward is not None:
-                        cr, rr = lo.chosen_reward.detach().float(), lo.rejected_reward.detach().float()
-                        sums["acc"] += float((cr > rr).float().sum())
-                        sums["rc"] += float(cr.sum())
-                        sums["rr"] += float(rr.sum())
-                        sums["n_reward"] += len(cr)
-                    for k, v in lo.metrics.items():
-                        extra[k] = extra.get(k, 0.0) + float(v.detach().float().mean()) * len(idx) / plan.examples
+                    stats.add(loss, lo, ntok, lo_sums if s.data.kind == "pairs" else None, len(idx))
                 lr = self.sched.get_last_lr()[0]  # the rate this step uses
-                grad_norm = None
                 if t.max_grad_norm is not None:
-                    grad_norm = float(self.acc.clip_grad_norm_(self.model.parameters(), t.max_grad_norm))
+                    stats.add_value("grad_norm", self.acc.clip_grad_norm_(self.model.parameters(), t.max_grad_norm))
                 self.opt.step()
                 self.sched.step()
                 self.opt.zero_grad(set_to_none=True)
+                m = stats.values()  # the step's only device->host sync
                 dt = time.perf_counter() - t0
-                n = max(1, sums["n_reward"])
-                last = {"step": step + 1, "stage": plan.stage, "loss": sums["loss"],
-                        "reward_accuracy": sums["acc"] / n if sums["n_reward"] else None,
-                        "chosen_reward": sums["rc"] / n if sums["n_reward"] else None,
-                        "rejected_reward": sums["rr"] / n if sums["n_reward"] else None,
-                        "margin": (sums["rc"] - sums["rr"]) / n if sums["n_reward"] else None,
-                        "grad_norm": grad_norm, "lr": lr, "examples": plan.examples,
-                        "tokens": sums["tokens"], "tokens_per_s": sums["tokens"] / dt,
+                n = stats.n_reward
+                last = {"step": step + 1, "stage": plan.stage, "loss": m.pop("loss"),
+                        "reward_accuracy": m.pop("acc") / n if n else None,
+                        "chosen_reward": m["rc"] / n if n else None,
+                        "rejected_reward": m["rr"] / n if n else None,
+                        "margin": (m.pop("rc") - m.pop("rr")) / n if n else None,
+                        "grad_norm": m.pop("grad_norm", None), "lr": lr, "examples": plan.examples,
+                        "tokens": stats.tokens, "tokens_per_s": stats.tokens / dt,
                         "examples_per_s": plan.examples / dt, "step_time_s": dt,
                         "peak_memory_mb": _peak_memory_mb(), **{(k if k.startswith("logps") else f"loss/{k}"): v
-                                                            for k, v in extra.items()}}
+                                                            for k, v in m.items()}}
                 if not math.isfinite(last["loss"]):
                     raise FloatingPointError(f"loss is {last['loss']} at step {step + 1}")
                 if self.acc.is_main_process and ((step + 1) % t.log_every == 0 or step + 1 == len(s.plan)):
@@ -254,6 +245,40 @@ class Trainer:
             s.log_event("train", {k: result[k] for k in ("output_dir", "final_model", "checkpoint", "config_sha256",
                                                          "steps")} | {"loss": s.recipe.loss, "last": last})
         return result
+
+
+class _StepStats:
+    """Step metrics summed on the device (no `.item()` per sub-batch: on a GPU each one would stall the queue),
+    read back once per step."""
+
+    def __init__(self, examples: int, device):
+        self.examples, self.device = examples, device
+        self.sum: dict[str, torch.Tensor] = {}
+        self.tokens = self.n_reward = 0
+
+    def add_value(self, key: str, value: torch.Tensor) -> None:
+        v = torch.as_tensor(value).detach().to(device=self.device, dtype=torch.float64)  # exact for fp64 runs
+        self.sum[key] = self.sum[key] + v if key in self.sum else v
+
+    def add(self, loss, lo, ntok: int, pair_sums, n_examples: int) -> None:
+        self.add_value("loss", loss / self.examples)
+        self.tokens += ntok
+        if pair_sums is not None:  # mean policy log-probs, as TRL logs them (logps/chosen)
+            self.add_value("logps_chosen", pair_sums[0::2].sum() / self.examples)
+            self.add_value("logps_rejected", pair_sums[1::2].sum() / self.examples)
+        if lo.chosen_reward is not None and lo.rejected_reward is not None:
+            cr, rr = lo.chosen_reward.detach().float(), lo.rejected_reward.detach().float()
+            self.add_value("acc", (cr > rr).float().sum())
+            self.add_value("rc", cr.sum())
+            self.add_value("rr", rr.sum())
+            self.n_reward += len(cr)
+        for k, v in lo.metrics.items():
+            self.add_value(k, v.detach().float().mean() * n_examples / self.examples)
+
+    def values(self) -> dict[str, float]:
+        keys = list(self.sum)
+        vals = torch.stack([self.sum[k].reshape(()) for k in keys]).tolist() if keys else []
+        return dict(zip(keys, vals, strict=True))
 
 
 class _nullcontext:

@@ -59,7 +59,8 @@ def pack_groups(groups: list[Group], pad_id: int, *, pad_to_multiple: int = 1) -
     attn |= torch.eye(L, dtype=torch.bool)  # pad queries attend to themselves (no all-masked softmax rows)
     return Packed(input_ids=ids, position_ids=pos, attn=attn[:, None], src_row=torch.cat(src_row),
                   src_col=torch.cat(src_col), targets=torch.cat(targets), seq=torch.cat(seq),
-                  tok_pos=torch.cat(tok_pos), n_seqs=s, max_resp=max_resp, n_tokens=sum(lengths))
+                  tok_pos=torch.cat(tok_pos), counts=torch.tensor([len(r) for g in groups for r in g.response_ids]),
+                  n_seqs=s, max_resp=max_resp, n_tokens=sum(lengths))
 
 
 def split_by_tokens(groups: list[Group], token_budget: int) -> list[list[int]]:

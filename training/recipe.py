@@ -35,7 +35,8 @@ class TrainSection(_Section):
     grad_checkpointing: bool = False
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"   # auto: bf16 on a GPU, fp32 on CPU
     logp_chunk: int | None = Field(None, ge=1, description="positions per LM-head chunk; None = auto")
-    token_budget: int = Field(2048, ge=64, description="padded tokens per forward(+backward) sub-batch")
+    token_budget: int | None = Field(None, ge=64, description="padded tokens per forward(+backward) sub-batch; "
+                                     "None = auto (GPU: from free memory, usually the whole micro-batch; CPU: 1024)")
     save_every: int = Field(0, ge=0, description="checkpoint every N steps (0 = only at the end)")
     log_every: int = Field(1, ge=1)
 

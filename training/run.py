@@ -10,6 +10,7 @@ import torch
 
 from prefdata.errors import PrefdataError, RecipeError
 from training.batches import RefStore
+from training.budget import resolve_token_budget
 from training.data import LIST_REF, PAIR_REF, PAIR_TOK_REF, build_train_data, open_catalog, open_dataset
 from training.loop import RunSetup, train
 from training.plan import make_plan
@@ -42,14 +43,19 @@ def prepare_reference(recipe: TrainRecipe, spec, ds, lm, tok, out_dir: Path):
         if Path(recipe.model).exists() else recipe.reference.model == recipe.model
     ref_lm = lm if same else load_model(recipe.reference.model, trust_remote_code=recipe.trust_remote_code)[0]
     ref_lm.to(_device())
+    # no-grad forwards keep one layer's activations at a time: budget as if checkpointed
+    budget = resolve_token_budget(recipe.train.token_budget, ref_lm, _device(), grad_checkpointing=True,
+                                  mixed_precision=torch.cuda.is_available())
     with torch.autocast("cuda", torch.bfloat16, enabled=torch.cuda.is_available()):
         ds, status = ensure_reference(ds, lm=ref_lm, tokenizer=tok, model_id=recipe.reference.model,
                                       max_length=recipe.train.max_length, device=_device(),
                                       with_tokens="token_logps" in spec.needs, cache_dir=out_dir / "reference",
-                                      batch_size=recipe.reference.batch_size, token_budget=recipe.train.token_budget)
+                                      batch_size=recipe.reference.batch_size, token_budget=budget)
     if not same:
         del ref_lm
         gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()  # hand the reference pass's cached blocks back before training sizes its budget
     return ds, status
 
 

@@ -71,7 +71,7 @@ def _mem() -> float:
     return torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
 
 
-def worker_ours(model, data, out, steps, batch, max_length, device) -> dict:
+def worker_ours(model, data, out, steps, batch, max_length, device, token_budget=None, grad_ckpt=False) -> dict:
     import yaml
 
     from training.run import train_from_recipe
@@ -79,13 +79,17 @@ def worker_ours(model, data, out, steps, batch, max_length, device) -> dict:
               "reference": {"model": model},
               "train": {"batch_size": batch, "max_length": max_length, "lr": 1e-6, "warmup_ratio": 0.0,
                         "max_steps": steps, "seed": 0, "mixed_precision": "bf16" if device == "cuda" else "no",
-                        "token_budget": 4096}}
+                        "token_budget": token_budget, "grad_checkpointing": grad_ckpt}}
     p = Path(out + ".yaml")
     p.write_text(yaml.safe_dump(recipe))
     train_from_recipe(p)
     m = [json.loads(x) for x in (Path(out) / "metrics.jsonl").read_text().splitlines()]
     return {"step_times": [x["step_time_s"] for x in m], "examples": [x["examples"] for x in m],
             "tokens_run": [x["tokens"] for x in m], "first_loss": m[0]["loss"], "peak_mem_mb": _mem()}
+
+
+def parse_budget(v: str) -> int | None:
+    return None if v in ("auto", "None", "") else int(v)
 
 
 def worker_trl(model, data, out, steps, batch, max_length, device, precompute) -> dict:
@@ -148,11 +152,14 @@ def main() -> None:
     ap.add_argument("--max-length", type=int, default=512)
     ap.add_argument("--trl-path", default=None, help="directory with trl/datasets installed (pip --target)")
     ap.add_argument("--skip-trl-online-ref", action="store_true", help="only TRL's precompute setting")
+    ap.add_argument("--token-budget", default="auto", help="ours: padded tokens per sub-batch (auto: from free memory)")
+    ap.add_argument("--grad-checkpointing", action="store_true", help="ours: gradient checkpointing (TRL's default)")
     a = ap.parse_args()
     if a.worker:
-        kind, model, data, out, steps, batch, max_length, device = a.worker
+        kind, model, data, out, steps, batch, max_length, device = a.worker[:8]
         args = (model, data, out, int(steps), int(batch), int(max_length), device)
-        r = worker_ours(*args) if kind == "ours" else worker_trl(*args, precompute=(kind == "trl_pre"))
+        r = worker_ours(*args, token_budget=parse_budget(a.token_budget), grad_ckpt=a.grad_checkpointing) \
+            if kind == "ours" else worker_trl(*args, precompute=(kind == "trl_pre"))
         print(json.dumps(r))
         return
     import torch
@@ -168,8 +175,10 @@ def main() -> None:
         kinds = ["ours", "trl_pre"] + ([] if a.skip_trl_online_ref else ["trl"])
         for kind in kinds:
             res[kind] = run_worker([kind, *common, str(tmp / kind), str(a.steps), str(a.batch),
-                                    str(a.max_length), a.device], a.trl_path)
+                                    str(a.max_length), a.device, "--token-budget", a.token_budget,
+                                    *(["--grad-checkpointing"] if a.grad_checkpointing else [])], a.trl_path)
         out = {"bench": "train_gpu", "device": gpu, "shape": a.shape, "params": n_params, "batch": a.batch,
+               "ours_token_budget": a.token_budget, "ours_grad_checkpointing": a.grad_checkpointing,
                "max_length": a.max_length, "steps": a.steps, "trl_tokens_per_pair": tpp}
         for k, r in res.items():
             if "error" in r:
