@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-import torch
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "training"
 
@@ -38,10 +37,3 @@ def tiny_model_dir(tmp_path_factory, hh_pairs, arena_lists):
                     hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                     num_key_value_heads=2)
     return out
-
-
-def small_llama(vocab: int, dtype=torch.float32, seed: int = 0):
-    from training.tiny import tiny_llama
-
-    return tiny_llama(vocab, seed=seed, dtype=dtype, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import torch
-from conftest import small_llama
+from training_kit import small_llama
 
 from training.encode import encode_groups
 from training.forward import group_logps
