@@ -239,11 +239,23 @@ def log(
         _render_log_record(con, name, rec)
 
 
+def _event_summary(record: Any) -> str:
+    """One line for a run/checkpoint event (the full record is in `prefdata log --json`)."""
+    if not isinstance(record, dict):
+        return json.dumps(_jsonable(record), ensure_ascii=False)
+    parts = [f"{k} {record[k]}" for k in ("output_dir", "checkpoint", "step", "steps") if record.get(k) is not None]
+    last = record.get("last") if isinstance(record.get("last"), dict) else {}
+    parts += [f"{k} {last[k]:.4g}" for k in ("loss", "reward_accuracy") if isinstance(last.get(k), (int, float))]
+    if record.get("config_sha256"):
+        parts.append(f"config {str(record['config_sha256'])[:12]}…")
+    return " · ".join(parts) or json.dumps(_jsonable(record), ensure_ascii=False)
+
+
 def _render_log_record(con, name: str, rec: dict) -> None:
     kind = rec.get("kind") or rec.get("event") or "version"
     if kind not in ("version", None) and "version" in rec and rec.get("builder") is None and rec.get("recipe") is None \
             and rec.get("record") is not None:
-        con.print(f"[magenta]{kind}[/] on {name}@{rec.get('version')}: {json.dumps(_jsonable(rec.get('record')))}")
+        con.print(f"[magenta]{kind}[/] on {name}@{rec.get('version')}: {_event_summary(rec.get('record'))}")
         return
     head = f"[bold]{name}@{rec.get('version')}[/]"
     tags = rec.get("tags")
