@@ -31,7 +31,7 @@ import polars as pl
 from pydantic import Field
 
 from builders.base import Built, StepConfig, StepContext
-from builders.rank import ROW, count_reasons, missing_reason, prompt_key
+from builders.rank import ROW, count_reasons, missing_reason, prompt_key, run_starts
 from builders.stable_hash import combine, seeded_hash, to_unit
 from prefdata.errors import SchemaError
 
@@ -211,8 +211,17 @@ def duplicate_texts(df: pl.DataFrame, g: pl.Series) -> pl.Series:
     ok = df["__drop"].is_null()
     # one uint64 per row mixing prompt and text hash (collisions only add suspects, never drops)
     key = df["response"].hash(7) ^ (g.cast(pl.UInt64) * 0x9E3779B97F4A7C15)
-    suspect = pl.DataFrame({"k": key, "ok": ok}).select(
-        pl.col("ok") & pl.when(pl.col("ok")).then(pl.col("k")).is_duplicated()).to_series()
+    biggest = int(g.rle().struct.field("len").max()) if len(g) and g.is_sorted() else None
+    if biggest is not None and biggest <= SHIFT_MAX_GROUP:
+        # contiguous small prompts: a row's prompt mates are the rows 1..biggest-1 away, so comparing
+        # shifted copies is a few linear passes instead of a hash table over every key
+        near = [(pl.col("g") == pl.col("g").shift(sh)) & (pl.col("k") == pl.col("k").shift(sh)) & pl.col("ok").shift(sh)
+                for off in range(1, biggest) for sh in (off, -off)]
+        suspect = pl.DataFrame({"g": g, "k": key, "ok": ok}).select(
+            pl.col("ok") & pl.any_horizontal(near or [pl.lit(False)]).fill_null(False)).to_series()
+    else:
+        suspect = pl.DataFrame({"k": key, "ok": ok}).select(
+            pl.col("ok") & pl.when(pl.col("ok")).then(pl.col("k")).is_duplicated()).to_series()
     dup = pl.Series(np.zeros(df.height, dtype=bool))
     if suspect.any():
         rows = df.filter(suspect).select(ROW, "prompt_id", "response")
@@ -275,7 +284,12 @@ def build_pairs(frame: pl.LazyFrame, cfg: PairsConfig, ctx: StepContext) -> Buil
     else:
         valid = valid.with_columns(_g=prompt_key(valid))
         valid = valid[sort_order(valid, ["_g", ROW], df.height + 1)]
-    stats = valid.group_by("_g").agg(_max=pl.col("score").max(), _min=pl.col("score").min()).sort("_g")
+    # valid is sorted by the dense key _g: per-prompt extremes by reduceat over the run starts (no hashing)
+    starts = run_starts(valid["_g"])
+    sc = valid["score"].to_numpy()
+    stats = pl.DataFrame({"_g": pl.Series(np.arange(len(starts)), dtype=pl.UInt32),
+                          "_max": np.maximum.reduceat(sc, starts) if len(starts) else sc,
+                          "_min": np.minimum.reduceat(sc, starts) if len(starts) else sc})
     idx = pl.int_range(pl.len(), dtype=pl.Int64)
     new = pl.col("_g").ne_missing(pl.col("_g").shift())
     last = pl.col("_g").ne_missing(pl.col("_g").shift(-1))

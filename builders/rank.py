@@ -62,10 +62,22 @@ def prompt_key(df: pl.DataFrame, col: str = "prompt_id") -> pl.Series:
     if df.height == 0:
         return pl.Series("__g", [], pl.UInt32)
     runs = df.select(pl.col(col).rle_id()).to_series()
-    if runs[-1] + 1 == df[col].n_unique():
+    # every value starts a run, so "one run per prompt" <=> the run-start values are distinct: counting
+    # distinct values over the run starts only (one per prompt) hashes 1/K of the strings
+    starts = run_starts(runs)
+    if len(starts) == df[col].gather(starts).n_unique():
         return runs.alias("__g").cast(pl.UInt32)
     first = df.select(col).with_row_index("__i").select(pl.col("__i").min().over(col)).to_series()
     return (first.rank("dense") - 1).alias("__g").cast(pl.UInt32)
+
+
+def run_starts(g: pl.Series) -> np.ndarray:
+    """Positions where a run of equal values of `g` starts (0 first); for a sorted dense key, group i
+    starts at [i], so numpy ufunc.reduceat over them gives per-group aggregates without hashing."""
+    a = g.to_numpy()
+    if len(a) == 0:
+        return np.zeros(0, dtype=np.int64)
+    return np.flatnonzero(np.r_[True, a[1:] != a[:-1]])
 
 
 def segment_rank(g: pl.Series, value: pl.Series, *, descending: bool, method: str = "min") -> pl.Series:
@@ -114,6 +126,19 @@ def _shift_rank(g: pl.Series, value: pl.Series, biggest: int, *, descending: boo
     n_better, n_equal = pl.sum_horizontal(better or zero), pl.sum_horizontal(equal or zero)
     rank = 1 + n_better if method == "min" else 1 + n_better + n_equal / 2.0
     return pl.DataFrame({"g": g, "v": value}).select(rank.cast(pl.Float64)).to_series()
+
+
+def prompts_all_tied(g: pl.Series, score: pl.Series) -> int:
+    """Prompts with >= 2 responses whose scores (all non-null here) are all equal."""
+    if len(g) and g.is_sorted():
+        starts = run_starts(g)
+        s = score.to_numpy()
+        n = np.diff(np.r_[starts, len(s)])
+        lo, hi = np.minimum.reduceat(s, starts), np.maximum.reduceat(s, starts)
+        return int(((n >= 2) & (lo == hi)).sum())
+    per = pl.DataFrame({"g": g, "s": score}).group_by("g").agg(
+        n=pl.len(), lo=pl.col("s").min(), hi=pl.col("s").max())
+    return per.filter((pl.col("n") >= 2) & (pl.col("lo") == pl.col("hi"))).height
 
 
 def criterion_expr(name: str, schema: pl.Schema) -> pl.Expr:
@@ -184,9 +209,12 @@ def build_rank(frame: pl.LazyFrame, cfg: RankConfig, ctx: StepContext) -> Built:
     g_kept = g_all.filter(ok)        # still grouped by prompt; re-densified below if needed
     if g_kept.is_sorted():
         g_kept = g_kept.rle_id().cast(pl.UInt32)
-    valid_per_prompt = pl.DataFrame({"g": g_all, "ok": ok}) \
-        .group_by("g").agg(pl.col("ok").sum().alias("n"))
-    prompts_lt2 = int((valid_per_prompt["n"] < 2).sum())
+    if g_all.is_sorted():     # contiguous prompts: per-prompt counts by reduceat over run starts, no hashing
+        starts = run_starts(g_all)
+        n_valid = np.add.reduceat(ok.to_numpy().astype(np.int64), starts) if len(starts) else starts
+    else:
+        n_valid = pl.DataFrame({"g": g_all, "ok": ok}).group_by("g").agg(pl.col("ok").sum())["ok"].to_numpy()
+    n_prompts, prompts_lt2 = len(n_valid), int((n_valid < 2).sum())
 
     kept = marked.filter(pl.col("__drop").is_null())
     cols = [pl.col(c) for c in crit]
@@ -213,10 +241,8 @@ def build_rank(frame: pl.LazyFrame, cfg: RankConfig, ctx: StepContext) -> Built:
     out = kept.with_columns(*extra).with_columns(agg.cast(pl.Float64).alias("score")).drop([ROW, "__drop", *crit])
     g = g_kept if g_kept.is_sorted() else prompt_key(out)
     out = out.with_columns(segment_rank(g, out["score"], descending=True).cast(pl.Int32).alias("rank"))
-    per = pl.DataFrame({"g": g, "s": out["score"]}).group_by("g").agg(
-        n=pl.len(), lo=pl.col("s").min(), hi=pl.col("s").max())
-    tied = per.filter((pl.col("n") >= 2) & (pl.col("lo") == pl.col("hi"))).height
-    info = {"by": list(cfg.by), "aggregate": cfg.aggregate, "prompts": valid_per_prompt.height,
+    tied = prompts_all_tied(g, out["score"])
+    info = {"by": list(cfg.by), "aggregate": cfg.aggregate, "prompts": n_prompts,
             "prompts_lt2": prompts_lt2, "prompts_all_tied": int(tied)}
     dropped = sum(drops.values())
     summary = f"kept {out.height:,}"
