@@ -349,7 +349,9 @@ def build_pairs(frame: pl.LazyFrame, cfg: PairsConfig, ctx: StepContext) -> Buil
     rows_kept = df.height - sum(drops.values())
 
     prompts = int(g_all.max() + 1) if df.height else 0
-    with_pair = int(sel["_g"].n_unique())
+    # sel is sorted by _g (every strategy's order starts with it): one run per prompt with pairs
+    runs = sel["_g"].rle().struct.field("len") if sel.height else pl.Series([], dtype=pl.UInt32)
+    with_pair = len(runs)
     spread = (stats["_max"] - stats["_min"]).round(DECIMALS)
     all_tied = int(stats.filter(pl.Series(spread <= cfg.tie_eps)).join(
         valid.select("_g").unique(), on="_g", how="semi").height)
@@ -357,7 +359,7 @@ def build_pairs(frame: pl.LazyFrame, cfg: PairsConfig, ctx: StepContext) -> Buil
             "prompts_without_pair": prompts - with_pair, "prompts_all_tied": all_tied,
             "responses_in_pairs": rows_kept,
             "margin_mean": float(out["margin"].mean()) if out.height else None,
-            "max_pairs_in_a_prompt": int(sel.group_by("_g").len()["len"].max()) if out.height else 0}
+            "max_pairs_in_a_prompt": int(runs.max()) if out.height else 0}
     summary = f"{out.height:,} pairs from {with_pair:,} prompts"
     if prompts - with_pair:
         summary += f" · {prompts - with_pair:,} prompts without a pair ({all_tied:,} all tied)"
