@@ -89,7 +89,13 @@ def quantile_table(counts: pl.DataFrame, stages: int) -> pl.DataFrame:
 
 
 def lookup_stages(ease: pl.Series, table: pl.DataFrame) -> pl.Series:
-    """Each value's stage from a quantile_table, by binary search over its sorted distinct values."""
+    """Each value's stage from a quantile_table: a hash join on the (few) distinct values is about twice
+    as fast as a binary search per pair; should any value fail to match bit for bit (e.g. -0.0 against a
+    0.0 key), the binary search over the sorted values decides, so every pair gets its stage."""
+    joined = pl.DataFrame({"__ease": ease}).join(table.select("__ease", "stage"), on="__ease", how="left",
+                                                 maintain_order="left")["stage"]
+    if joined.null_count() == 0:
+        return joined.cast(pl.Int32).alias("stage")
     at = np.searchsorted(table["__ease"].to_numpy(), ease.to_numpy())
     return pl.Series("stage", table["stage"].to_numpy()[at], dtype=pl.Int32)
 
