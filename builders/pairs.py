@@ -328,17 +328,24 @@ def build_pairs(frame: pl.LazyFrame, cfg: PairsConfig, ctx: StepContext) -> Buil
     where = np.full(df.height, -1, dtype=np.int64)
     where[valid[ROW].to_numpy()] = np.arange(valid.height)
 
-    def member(mask: pl.Expr) -> np.ndarray:
-        part = cand.filter(mask)
+    def member(mask: pl.Series | None) -> np.ndarray:
+        part = cand if mask is None else cand.filter(mask)
         return _mark(valid.height, where, [part["c"].to_numpy(), part["r"].to_numpy()])
 
-    flags = pl.DataFrame({"sel": member(pl.col("sel")), "pass": member(pl.col("pass")),
-                          "nontie": member(pl.col("margin") > cfg.tie_eps), "cand": member(pl.lit(True))})
+    # a mask that holds for every candidate gives the same flags as no mask: each distinct one scattered once
+    in_cand = member(None)
+
+    def flag(mask: pl.Series) -> pl.Series:      # a null is not a yes, as in a filter
+        return pl.Series(in_cand if mask.all(ignore_nulls=False) is True else member(mask))
+
+    flags = {"sel": flag(cand["sel"]), "pass": flag(cand["pass"])}
     tied_all = (((pl.col("_max") - pl.col("score")).round(DECIMALS) <= cfg.tie_eps)
                 & ((pl.col("score") - pl.col("_min")).round(DECIMALS) <= cfg.tie_eps))
-    per = pl.concat([valid.select(tied_all.alias("tied_all")), flags], how="horizontal")
+    per = valid.select(tied_all.alias("tied_all"))
     if structural is None:   # all_pairs: every response is a candidate; a non-tied one has a non-tied pair
-        per = per.with_columns(cand=pl.lit(True), nontie=~pl.col("tied_all"))
+        per = per.with_columns(**flags, cand=pl.lit(True), nontie=~pl.col("tied_all"))
+    else:
+        per = per.with_columns(**flags, nontie=flag(cand["margin"] > cfg.tie_eps), cand=pl.Series(in_cand))
     why = (pl.when(pl.col("sel")).then(pl.lit(None, pl.String))
            .when(pl.col("tied_all")).then(pl.lit("tied with every other response"))
            .when(~pl.col("cand")).then(pl.lit(f"not selected ({cfg.strategy})"))
