@@ -14,9 +14,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,6 +23,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "tests" / "data" / "training"
 sys.path.insert(0, str(ROOT))
+from benchmarks import worker_runs  # noqa: E402
+from benchmarks.worker_runs import steady  # noqa: E402
+
 BATCH, MAX_LEN, BETA = 8, 512, 0.1
 
 
@@ -113,18 +114,10 @@ def worker_trl(model: str, data: str, out: str, steps: int | None, precompute: b
 
 
 def run_worker(*args: str) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1",
-           "TRANSFORMERS_VERBOSITY": "error"}
-    p = subprocess.run([sys.executable, __file__, "--worker", *args], env=env, capture_output=True, text=True)
-    if p.returncode != 0:
-        raise RuntimeError(f"worker {args[0]} failed:\n{p.stderr[-3000:]}")
-    return json.loads(p.stdout.strip().splitlines()[-1])
-
-
-def steady(r: dict) -> float:
-    """examples/s over the steps after the first (the first includes one-time warm-up)."""
-    t, n = r["step_times"][1:], r["examples"][1:]
-    return sum(n) / sum(t) if t and sum(t) > 0 else float("nan")
+    r = worker_runs.run_worker(__file__, list(args))
+    if "error" in r:
+        raise RuntimeError(f"worker {args[0]} failed:\n{r['stderr_tail']}")
+    return r
 
 
 def main() -> None:

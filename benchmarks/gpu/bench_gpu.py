@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,6 +23,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "tests" / "data" / "training" / "arena_pairs.parquet"
 sys.path.insert(0, str(ROOT))
+from benchmarks import worker_runs  # noqa: E402
+from benchmarks.worker_runs import steady  # noqa: E402
 
 SHAPES = {
     # Qwen2-0.5B: 24 layers, d=896, ffn 4864, 14 heads / 2 KV heads, vocab 151936, tied embeddings (~494M)
@@ -128,18 +128,7 @@ def worker_trl(model, data, out, steps, batch, max_length, device, precompute) -
 
 
 def run_worker(args: list[str], extra_path: str | None) -> dict:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), extra_path) if p),
-           "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
-    p = subprocess.run([sys.executable, __file__, "--worker", *args], env=env, capture_output=True, text=True)
-    if p.returncode != 0:
-        return {"error": p.stderr.strip().splitlines()[-1] if p.stderr.strip() else f"exit {p.returncode}",
-                "stderr_tail": p.stderr[-1500:]}
-    return json.loads(p.stdout.strip().splitlines()[-1])
-
-
-def steady(r: dict) -> float:
-    t, n = r["step_times"][1:], r["examples"][1:]
-    return sum(n) / sum(t) if t and sum(t) > 0 else float("nan")
+    return worker_runs.run_worker(__file__, args, extra_path=extra_path)
 
 
 def main() -> None:

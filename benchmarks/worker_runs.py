@@ -1,0 +1,29 @@
+"""What the trainer-vs-TRL benchmarks share: each trainer runs in its own subprocess (so peak memory is its
+own), offline, and reports one JSON line; throughput is taken over the steps after the first (warm-up)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_worker(script: str, args: list[str], *, extra_path: str | None = None) -> dict:
+    """Run `script --worker ARGS` with the repo (and `extra_path`, e.g. carried TRL wheels) on PYTHONPATH.
+    Returns the worker's JSON, or {"error", "stderr_tail"} when it failed."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), extra_path) if p),
+           "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
+    p = subprocess.run([sys.executable, script, "--worker", *args], env=env, capture_output=True, text=True)
+    if p.returncode != 0:
+        return {"error": p.stderr.strip().splitlines()[-1] if p.stderr.strip() else f"exit {p.returncode}",
+                "stderr_tail": p.stderr[-3000:]}
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def steady(r: dict) -> float:
+    """examples/s over the steps after the first (the first includes one-time warm-up)."""
+    t, n = r["step_times"][1:], r["examples"][1:]
+    return sum(n) / sum(t) if t and sum(t) > 0 else float("nan")
