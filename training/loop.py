@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import resource
 import shutil
 import time
 from collections.abc import Callable
@@ -25,6 +24,10 @@ from transformers import get_cosine_schedule_with_warmup
 
 from training.batches import RefStore, make_batch
 from training.budget import resolve_token_budget
+from training.checkpointing import checkpoint_dirs as _checkpoints  # shared with the diffusion/VLM trainers
+from training.checkpointing import peak_memory_mb as _peak_memory_mb
+from training.checkpointing import precision as _precision
+from training.checkpointing import truncate_metrics as _truncate_metrics
 from training.data import TrainData
 from training.forward import group_logps
 from training.logps import SequenceLogps
@@ -49,29 +52,6 @@ class RunSetup:
     resume: bool = False
     log_event: Callable[[str, dict], None] | None = None
     info: dict = field(default_factory=dict)       # reference status, drops: copied into every checkpoint
-
-
-def _precision(mode: str) -> str:
-    if mode == "auto":
-        return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
-    return mode
-
-
-def _peak_memory_mb() -> float:
-    if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-
-
-def _checkpoints(out_dir: Path) -> list[Path]:
-    return sorted(p for p in (out_dir / "checkpoints").glob("step-*") if not p.name.endswith(".tmp"))
-
-
-def _truncate_metrics(path: Path, last_step: int) -> None:
-    """Drop metric lines a killed run wrote after its last checkpoint (they are recomputed on resume)."""
-    if path.exists():
-        keep = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["step"] <= last_step]
-        path.write_text("".join(ln + "\n" for ln in keep))
 
 
 class Trainer:

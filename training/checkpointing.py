@@ -1,0 +1,73 @@
+"""Checkpoint and metrics helpers shared by the trainers (text loop, diffusion, VLM).
+
+One layout for every trainer: `output_dir/checkpoints/step-NNNNNN/` holds accelerate's `save_state` (model,
+optimizer, registered scheduler, RNG states) plus `trainer_state.json` (step = data position, dataset
+`name@version`, canonical recipe, its sha256, last metrics) and optionally `trainer_extra.pt`. A checkpoint is
+written to `step-NNNNNN.tmp` and renamed, so a killed run leaves either a complete checkpoint or none.
+`output_dir/metrics.jsonl` has one JSON object per logged step; lines a killed run wrote after its last
+checkpoint are dropped on resume and recomputed."""
+from __future__ import annotations
+
+import json
+import resource
+import shutil
+from pathlib import Path
+
+import torch
+
+
+def precision(mode: str) -> str:
+    """Recipe `mixed_precision` -> accelerate's: auto is bf16 on a GPU that supports it, fp32 elsewhere."""
+    if mode == "auto":
+        return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    return mode
+
+
+def peak_memory_mb() -> float:
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def checkpoint_dirs(out_dir: Path) -> list[Path]:
+    """Complete checkpoints of a run, oldest first (a `.tmp` dir is an interrupted write)."""
+    return sorted(p for p in (out_dir / "checkpoints").glob("step-*") if not p.name.endswith(".tmp"))
+
+
+def truncate_metrics(path: Path, last_step: int) -> None:
+    """Drop metric lines a killed run wrote after its last checkpoint (they are recomputed on resume)."""
+    if path.exists():
+        keep = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["step"] <= last_step]
+        path.write_text("".join(ln + "\n" for ln in keep))
+
+
+def write_checkpoint(acc, out_dir: Path, step: int, state: dict, extra: dict | None = None) -> Path:
+    """accelerate state + `trainer_state.json` ({"step": step, **state}) + `trainer_extra.pt` (when `extra`),
+    renamed into place only once complete. Every process must call it (save_state synchronises)."""
+    final = out_dir / "checkpoints" / f"step-{step:06d}"
+    tmp = final.with_name(final.name + ".tmp")
+    if acc.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+    acc.wait_for_everyone()
+    acc.save_state(str(tmp))
+    if acc.is_main_process:
+        if extra is not None:
+            torch.save(extra, tmp / "trainer_extra.pt")
+        (tmp / "trainer_state.json").write_text(json.dumps({"step": step, **state}, indent=2, default=str))
+        tmp.replace(final)  # atomic: a checkpoint dir either is complete or does not exist
+    acc.wait_for_everyone()
+    return final
+
+
+def load_latest_checkpoint(acc, out_dir: Path, metrics_path: Path) -> tuple[int, dict | None]:
+    """Restore the newest checkpoint into `acc`'s prepared objects; returns (step, trainer_extra or None).
+    (0, None) when there is none: the run starts from scratch."""
+    ckpts = checkpoint_dirs(out_dir)
+    if not ckpts:
+        return 0, None
+    acc.load_state(str(ckpts[-1]))
+    extra_path = ckpts[-1] / "trainer_extra.pt"
+    extra = torch.load(extra_path, weights_only=False) if extra_path.exists() else None
+    step = json.loads((ckpts[-1] / "trainer_state.json").read_text())["step"]
+    truncate_metrics(metrics_path, step)
+    return step, extra
