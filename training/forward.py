@@ -7,19 +7,19 @@ import torch
 
 from training.encode import Group
 from training.logps import SeqOut
-from training.packing import pack_groups, split_by_tokens
+from training.packing import pack, split_by_tokens
 
 
 def group_logps(model, groups: list[Group], *, pad_id: int, device, token_budget: int = 4096,
-                with_tokens: bool = False) -> SeqOut:
+                with_tokens: bool = False, layout: str = "shared") -> SeqOut:
     n_resp = [len(g.response_ids) for g in groups]
     first = [0]
     for n in n_resp[:-1]:
         first.append(first[-1] + n)
     S = sum(n_resp)
     sums, counts, index, toks, masks = [], [], [], [], []
-    for part in split_by_tokens(groups, token_budget):
-        packed = pack_groups([groups[i] for i in part], pad_id).to(device)
+    for part in split_by_tokens(groups, token_budget, layout):
+        packed = pack([groups[i] for i in part], pad_id, layout).to(device)
         out = model(packed, with_tokens)
         sums.append(out.sums)
         counts.append(out.counts)

@@ -96,7 +96,7 @@ class Packed:
     """A batch of groups laid out for one forward (built by packing.pack_groups)."""
     input_ids: torch.Tensor      # [G, L]
     position_ids: torch.Tensor   # [G, L]
-    attn: torch.Tensor           # [G, 1, L, L] bool, True = may attend
+    attn: torch.Tensor           # shared layout: [G, 1, L, L] bool, True = may attend; rows layout: [G, L] 0/1
     src_row: torch.Tensor        # [N] row of the hidden state that predicts each response token
     src_col: torch.Tensor        # [N] column of that hidden state
     targets: torch.Tensor        # [N] the response token ids
@@ -130,6 +130,33 @@ def check_supported(config) -> None:
                               path="model")
 
 
+BLOCK_MASK_IMPLS = ("sdpa", "eager")
+
+
+def attn_implementation(lm: nn.Module) -> str:
+    cfg = lm.config.get_text_config() if hasattr(lm.config, "get_text_config") else lm.config
+    return str(getattr(cfg, "_attn_implementation", None) or "eager")
+
+
+def block_mask_for(lm: nn.Module, attn: torch.Tensor) -> torch.Tensor:
+    """The shared layout's [G, 1, L, L] boolean block mask in the form the model's attention consumes: SDPA takes
+    the boolean mask as is; eager attention ADDS the mask to its scores, so it needs 0 / -inf-like floats (a
+    boolean would be added as 0/1 and silently attend everywhere). Kernels that take no 4-D mask (FlashAttention,
+    flex) cannot run the shared layout: the rows layout is the one for them. 2-D padding masks pass through."""
+    if attn.dim() != 4:
+        return attn
+    impl = attn_implementation(lm)
+    if impl == "sdpa":
+        return attn
+    if impl == "eager":
+        dtype = lm.get_output_embeddings().weight.dtype
+        if torch.is_autocast_enabled(attn.device.type):
+            dtype = torch.get_autocast_dtype(attn.device.type)
+        return torch.zeros(attn.shape, dtype=dtype, device=attn.device).masked_fill_(~attn, torch.finfo(dtype).min)
+    raise RecipeError(f"attention implementation {impl!r} takes no block mask: the shared-prompt layout needs "
+                      f"one of {BLOCK_MASK_IMPLS}; set train.layout: rows", path="train.layout")
+
+
 class SequenceLogps(nn.Module):
     """Wraps a causal LM: Packed batch -> per-response summed log-probs (and per-token values on request)."""
 
@@ -142,7 +169,7 @@ class SequenceLogps(nn.Module):
 
     def forward(self, b: Packed, with_tokens: bool = False) -> SeqOut:
         body = self.lm.get_decoder()
-        hidden = body(input_ids=b.input_ids, attention_mask=b.attn, position_ids=b.position_ids,
+        hidden = body(input_ids=b.input_ids, attention_mask=block_mask_for(self.lm, b.attn), position_ids=b.position_ids,
                       use_cache=False).last_hidden_state
         head = self.lm.get_output_embeddings()
         # index_select (backward = index_add) handles the prompt position shared by every response's first token

@@ -5,6 +5,14 @@ ids continue from the end of the prompt, so each response sees exactly what it w
 `[prompt | response_k]`; the prompt is encoded once instead of K times. A pair is the K = 2 case (chosen and
 rejected in one forward). The first token of every response is predicted from the last prompt position.
 
+`pack_rows` is the other layout: one row per response, `[prompt | response_k | pad]`, right-padded, with a plain
+2-D padding mask. The prompt is then encoded K times, but the attention is the ordinary causal one, which the
+fused attention kernels handle natively (transformers turns a 2-D mask into its causal mask itself, and drops it
+altogether when a sub-batch has no padding, so SDPA can run its flash kernel with `is_causal`); an arbitrary
+block mask keeps SDPA on the slower masked kernels. For pairs (K = 2) sharing saves at most a third of the
+tokens; for a listwise K it saves up to (K-1)/K of the prompt work, so the layout is a per-run choice
+(`LAYOUTS`, picked by the trainer).
+
 `split_by_tokens` cuts a batch into length-sorted sub-batches under a padded-token budget, so long and short
 rows are not padded to each other (padding-free in effect; results are concatenated back in order).
 """
@@ -16,6 +24,7 @@ from training.encode import Group
 from training.logps import Packed
 
 PROMPT, PAD = 0, -1  # segment ids; responses are 1..K
+LAYOUTS = ("shared", "rows")
 
 
 def pack_groups(groups: list[Group], pad_id: int, *, pad_to_multiple: int = 1) -> Packed:
@@ -63,17 +72,58 @@ def pack_groups(groups: list[Group], pad_id: int, *, pad_to_multiple: int = 1) -
                   n_seqs=s, max_resp=max_resp, n_tokens=sum(lengths))
 
 
-def split_by_tokens(groups: list[Group], token_budget: int) -> list[list[int]]:
-    """Indices of `groups` in sub-batches: sorted by length, each with rows * max_len <= budget (>= 1 row)."""
-    order = sorted(range(len(groups)), key=lambda i: groups[i].n_tokens, reverse=True)
+def pack_rows(groups: list[Group], pad_id: int, *, pad_to_multiple: int = 1) -> Packed:
+    """One right-padded row per response, `[prompt | response_k]`, and a 2-D padding mask (see module doc)."""
+    rows = [(g.prompt_ids, r) for g in groups for r in g.response_ids]
+    L = max(len(p) + len(r) for p, r in rows)
+    L = -(-L // pad_to_multiple) * pad_to_multiple
+    ids = torch.full((len(rows), L), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), L), dtype=torch.long)
+    src_col, targets, seq, tok_pos = [], [], [], []
+    for s, (p, r) in enumerate(rows):
+        P, m = len(p), len(r)
+        ids[s, :P + m] = torch.tensor(p + r)
+        mask[s, :P + m] = 1
+        src_col.append(torch.arange(P - 1, P + m - 1))  # token j predicted by the position before it
+        targets.append(torch.tensor(r))
+        seq.append(torch.full((m,), s))
+        tok_pos.append(torch.arange(m))
+    seq_t = torch.cat(seq)
+    return Packed(input_ids=ids, position_ids=torch.arange(L).expand(len(rows), L).contiguous(), attn=mask,
+                  src_row=seq_t, src_col=torch.cat(src_col), targets=torch.cat(targets), seq=seq_t,
+                  tok_pos=torch.cat(tok_pos), counts=torch.tensor([len(r) for _, r in rows]), n_seqs=len(rows),
+                  max_resp=max(len(r) for _, r in rows), n_tokens=int(mask.sum()))
+
+
+def pack(groups: list[Group], pad_id: int, layout: str = "shared") -> Packed:
+    if layout == "shared":
+        return pack_groups(groups, pad_id)
+    if layout == "rows":
+        return pack_rows(groups, pad_id)
+    raise ValueError(f"unknown layout {layout!r}; expected one of {LAYOUTS}")
+
+
+def padded_cost(g: Group, layout: str) -> tuple[int, int]:
+    """(rows, longest row) a group occupies in a layout."""
+    if layout == "rows":
+        return len(g.response_ids), len(g.prompt_ids) + max(len(r) for r in g.response_ids)
+    return 1, g.n_tokens
+
+
+def split_by_tokens(groups: list[Group], token_budget: int, layout: str = "shared") -> list[list[int]]:
+    """Indices of `groups` in sub-batches: sorted by length, each with rows * max_len <= budget (>= 1 group)."""
+    cost = [padded_cost(g, layout) for g in groups]
+    order = sorted(range(len(groups)), key=lambda i: cost[i][1], reverse=True)
     parts: list[list[int]] = []
     cur: list[int] = []
+    n_rows = 0
     for i in order:
-        longest = groups[cur[0]].n_tokens if cur else groups[i].n_tokens
-        if cur and (len(cur) + 1) * longest > token_budget:
+        longest = cost[cur[0]][1] if cur else cost[i][1]
+        if cur and (n_rows + cost[i][0]) * longest > token_budget:
             parts.append(cur)
-            cur = []
+            cur, n_rows = [], 0
         cur.append(i)
+        n_rows += cost[i][0]
     if cur:
         parts.append(cur)
     return parts

@@ -81,8 +81,9 @@ def test_shared_prompt_listwise_equals_separate_forwards(tokenizer, arena_lists)
     # and both equal the naive full-logits oracle
     sums_n, counts_n = naive_logps(lm, groups, pad)
     torch.testing.assert_close(shared.sums, sums_n, rtol=1e-10, atol=1e-10)
-    # gradients agree too; the prompt's gradient is accumulated once instead of per copy, so summation order
-    # differs: compare relative to each parameter's largest gradient
+    # gradients agree too, to ~1e-8 relative: the prompt's gradient is accumulated once instead of per copy, and
+    # Llama's RMSNorm rounds to float32 even in an fp64 model, so the two sums round differently there
+    # (test_layouts.py shows agreement to 1e-12 once the norm computes in fp64)
     w = torch.linspace(0.5, 1.5, len(sums_n), dtype=torch.float64)
     grads = []
     for out in (lambda: model(pack_groups(groups, pad)), lambda: model(pack_groups(separate, pad))):
