@@ -118,6 +118,8 @@ class SeqOut:
     counts: torch.Tensor         # [S] response token counts
     tokens: torch.Tensor | None  # [S, T] per-token log-probs (0 where masked), when asked for
     tok_mask: torch.Tensor | None
+    kl: torch.Tensor | None = None        # [S] TDPO sequential KL(ref || policy), when asked for (online reference)
+    ref_sums: torch.Tensor | None = None  # [S] the online reference's summed log-probs, alongside `kl`
 
 
 def check_supported(config) -> None:
@@ -157,25 +159,56 @@ def block_mask_for(lm: nn.Module, attn: torch.Tensor) -> torch.Tensor:
                       f"one of {BLOCK_MASK_IMPLS}; set train.layout: rows", path="train.layout")
 
 
-class SequenceLogps(nn.Module):
-    """Wraps a causal LM: Packed batch -> per-response summed log-probs (and per-token values on request)."""
+ADAPTERS_OFF = "adapters_off"
 
-    def __init__(self, lm: nn.Module, *, chunk: int | None = None, compute_dtype: torch.dtype | None = None):
+
+class SequenceLogps(nn.Module):
+    """Wraps a causal LM: Packed batch -> per-response summed log-probs (and per-token values on request).
+
+    `reference` (only for losses that need the reference's full distributions, TDPO): a frozen model, or
+    ADAPTERS_OFF for the policy with its LoRA adapters disabled. It is kept out of the module tree on purpose,
+    so optimizers, DDP and checkpoints see the policy only; the caller places it on the device."""
+
+    def __init__(self, lm: nn.Module, *, chunk: int | None = None, compute_dtype: torch.dtype | None = None,
+                 reference: nn.Module | str | None = None):
         super().__init__()
         check_supported(lm.config)
         self.lm = lm
         self.chunk = chunk  # None: auto_chunk for the device the forward runs on
         self.compute_dtype = compute_dtype
+        self.__dict__["reference"] = reference  # bypasses nn.Module registration (see the class doc)
 
-    def forward(self, b: Packed, with_tokens: bool = False) -> SeqOut:
-        body = self.lm.get_decoder()
-        hidden = body(input_ids=b.input_ids, attention_mask=block_mask_for(self.lm, b.attn), position_ids=b.position_ids,
-                      use_cache=False).last_hidden_state
-        head = self.lm.get_output_embeddings()
+    def _hidden(self, lm: nn.Module, b: Packed) -> torch.Tensor:
+        hidden = lm.get_decoder()(input_ids=b.input_ids, attention_mask=block_mask_for(lm, b.attn),
+                                  position_ids=b.position_ids, use_cache=False).last_hidden_state
         # index_select (backward = index_add) handles the prompt position shared by every response's first token
-        sel = hidden.flatten(0, 1).index_select(0, b.src_row * hidden.shape[1] + b.src_col)
-        chunk = self.chunk or auto_chunk(head.weight.shape[0], hidden.device)
-        tok = chunked_token_logps(sel, head, b.targets, chunk=chunk, compute_dtype=self.compute_dtype)
+        return hidden.flatten(0, 1).index_select(0, b.src_row * hidden.shape[1] + b.src_col)
+
+    @torch.no_grad()
+    def _reference_hidden(self, b: Packed) -> tuple[torch.Tensor, nn.Module]:
+        ref = self.__dict__["reference"]
+        if ref is None:
+            raise RecipeError("this loss needs an online reference model (reference.model, or LoRA)", path="reference")
+        if ref == ADAPTERS_OFF:
+            with self.lm.disable_adapter():
+                return self._hidden(self.lm, b), self.lm.get_output_embeddings()
+        return self._hidden(ref, b), ref.get_output_embeddings()
+
+    def forward(self, b: Packed, with_tokens: bool = False, with_kl: bool = False) -> SeqOut:
+        sel = self._hidden(self.lm, b)
+        head = self.lm.get_output_embeddings()
+        chunk = self.chunk or auto_chunk(head.weight.shape[0], sel.device)
+        kl = ref_sums = None
+        if with_kl:
+            from training.seq_kl import chunked_logps_and_kl
+            ref_sel, ref_head = self._reference_hidden(b)
+            # the KL pass keeps two chunks of logits alive: half the chunk keeps the same memory bound
+            tok, ref_tok, kl_tok = chunked_logps_and_kl(sel, head, b.targets, ref_sel, ref_head,
+                                                        chunk=max(1, chunk // 2), compute_dtype=self.compute_dtype)
+            kl = torch.zeros(b.n_seqs, dtype=tok.dtype, device=tok.device).index_add(0, b.seq, kl_tok)
+            ref_sums = torch.zeros(b.n_seqs, dtype=tok.dtype, device=tok.device).index_add(0, b.seq, ref_tok)
+        else:
+            tok = chunked_token_logps(sel, head, b.targets, chunk=chunk, compute_dtype=self.compute_dtype)
         sums = torch.zeros(b.n_seqs, dtype=tok.dtype, device=tok.device).index_add(0, b.seq, tok)
         counts = b.counts  # known on the host: no bincount (a device sync on a GPU)
         tokens = mask = None
@@ -184,4 +217,4 @@ class SequenceLogps(nn.Module):
             tokens = tokens.index_put((b.seq, b.tok_pos), tok)
             mask = torch.zeros(b.n_seqs, b.max_resp, dtype=torch.bool, device=tok.device)
             mask[b.seq, b.tok_pos] = True
-        return SeqOut(sums=sums, counts=counts, tokens=tokens, tok_mask=mask)
+        return SeqOut(sums=sums, counts=counts, tokens=tokens, tok_mask=mask, kl=kl, ref_sums=ref_sums)
