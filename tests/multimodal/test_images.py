@@ -113,3 +113,43 @@ def test_too_similar_distractor_answers_are_skipped(ctx, captions):
     df = _frame(captions).with_columns(response=pl.lit("A photo."))
     built = build_mia_dpo(df.lazy(), MiaDpoConfig(question_column=None, modes=["grid"]), ctx)
     assert built.frame.collect().height == 0 and built.drops == {"no distinct distractor": 12}
+
+
+def test_cached_cells_threads_and_png_level_leave_pixels_unchanged(ctx, captions):
+    """The build decodes each source once, reuses resized cells across samples, renders in threads and
+    writes PNG at zlib level 1: every collage must equal, pixel for pixel, a plain compose of freshly decoded
+    sources (what a per-sample script draws), and the zlib level must change only the file size."""
+    from builders.images import plan_samples
+    cfg = MiaDpoConfig(question_column=None, per_row="each", modes=["grid", "pic_in_pic"], cell_size=(48, 40),
+                       canvas_size=(96, 80), threads=3)
+    df = _frame(captions)
+    fast = build_mia_dpo(df.lazy(), cfg, ctx).frame.collect()
+    small = build_mia_dpo(df.lazy(), cfg.model_copy(update={"png_compress_level": 9}), ctx).frame.collect()
+    store = MediaStore.for_context(ctx)
+    uris, answers = df["image"].to_list(), df["response"].to_list()
+    plans = plan_samples(uris, answers, cfg, ctx.seed, lambda u: None, store.resolve).plans
+    assert len(plans) == fast.height == small.height == 24
+    size = lambda rows: sum(store.resolve(r[0]).stat().st_size for r in rows)  # noqa: E731
+    assert size(small["images"]) < size(fast["images"])
+    decoded = {u: load_image(store.resolve(u)) for u in set(uris)}
+    for p, a, b in zip(plans, fast["images"], small["images"], strict=True):
+        imgs = [decoded[uris[j]] for j in p.images]
+        ref = compose_grid(imgs, *p.layout, cfg)[0] if p.mode == "grid" else \
+            compose_inset(imgs[0], imgs[1], cfg, p.corner)[0]
+        assert load_image(store.resolve(a[0])).tobytes() == ref.tobytes()
+        assert load_image(store.resolve(b[0])).tobytes() == ref.tobytes()
+
+
+def test_image_cache_stays_within_its_byte_budget(ctx, captions):
+    from builders.images import _ImageCache
+    store = MediaStore.for_context(ctx)
+    files = captions["file"].to_list()
+    cache = _ImageCache(store, max_bytes=3 * 512 * 512 * 3)      # about three decoded 512×512 sources
+    for u in files:
+        cache.get(u)
+        cache.resized(u, (32, 24))
+        assert cache._bytes <= cache.max_bytes
+    assert 0 < len(cache._d) < 2 * len(files)                     # older entries were evicted
+    again = cache.get(files[0])                                   # evicted: decoded again, same pixels
+    assert again.tobytes() == load_image(store.resolve(files[0])).tobytes()
+    assert cache.resized(files[0], (32, 24)).size == (32, 24)
