@@ -30,6 +30,7 @@ from pydantic import Field, field_validator
 
 from builders.base import Built, StepConfig, StepContext
 from builders.media import MediaDrop, MediaError, MediaStore, drop_summary, encode_video, read_video
+from builders.segment_scorers import ClipFrameScorer, ClipFrameSpec
 from prefdata.errors import IngestError, SchemaError
 from prefdata.schema import conform, validate
 
@@ -372,26 +373,6 @@ def sharpness_per_frame(x: np.ndarray) -> np.ndarray:
     return r.var(dim=(1, 2, 3)).double().numpy()
 
 
-class ClipScorer:
-    """CLIP image-text similarity per frame with open_clip (extra `clip`). Weights come from a local
-    checkpoint file (`pretrained`), never downloaded; `pretrained=None` gives random weights (tests only)."""
-
-    def __init__(self, model: str, pretrained: str | None, device: str = "cpu"):
-        import open_clip
-        self.model, _, self.preprocess = open_clip.create_model_and_transforms(model, pretrained=pretrained)
-        self.model.eval().to(device)
-        self.tokenizer = open_clip.get_tokenizer(model)
-        self.device = device
-
-    @torch.no_grad()
-    def __call__(self, frames: np.ndarray, text: str) -> np.ndarray:
-        from PIL import Image
-        imgs = torch.stack([self.preprocess(Image.fromarray(f)) for f in frames]).to(self.device)
-        fi = F.normalize(self.model.encode_image(imgs).float(), dim=-1)
-        ft = F.normalize(self.model.encode_text(self.tokenizer([text]).to(self.device)).float(), dim=-1)
-        return (fi @ ft.T).squeeze(1).double().cpu().numpy()
-
-
 def segment_bounds(n_frames: int, seg: int) -> list[tuple[int, int]]:
     """Fixed-length segments [start, end); a short remainder joins the last segment (no sliver segments)."""
     n = max(1, n_frames // seg)
@@ -420,8 +401,7 @@ class DenseSegmentsConfig(StepConfig, frozen=True):
     scorer: Literal["psnr", "ssim", "sharpness", "clip"] = "psnr"
     tie_threshold: float | None = None            # in scorer units; default per scorer (see _TIE)
     psnr_cap: float = 100.0
-    clip_model: str = "ViT-B-32"
-    clip_pretrained: str | None = None            # local checkpoint path for the clip scorer
+    clip: ClipFrameSpec | None = None             # the CLIP model for scorer clip (local weights only)
     max_frames: int | None = Field(None, ge=2)
     threads: int = Field(2, ge=1)
 
@@ -439,6 +419,8 @@ def build_dense_segments(frame: pl.LazyFrame, cfg: DenseSegmentsConfig, ctx: Ste
     if cfg.scorer == "clip":
         if not cfg.caption_column:
             raise SchemaError("dense_segments: scorer 'clip' needs caption_column")
+        if cfg.clip is None:
+            raise SchemaError("dense_segments: scorer 'clip' needs a `clip` section (family, arch, path)")
         need.append(cfg.caption_column)
     for c in need:
         if c not in df.columns:
@@ -447,7 +429,7 @@ def build_dense_segments(frame: pl.LazyFrame, cfg: DenseSegmentsConfig, ctx: Ste
         raise SchemaError("dense_segments: set exactly one of segment_frames or segment_seconds")
     store = MediaStore.for_context(ctx)
     tie = _TIE[cfg.scorer] if cfg.tie_threshold is None else cfg.tie_threshold
-    clip = ClipScorer(cfg.clip_model, cfg.clip_pretrained) if cfg.scorer == "clip" else None
+    clip = ClipFrameScorer(cfg.clip, ctx) if cfg.scorer == "clip" else None
     cols = {c: df.get_column(c).to_list() for c in need}
 
     def load(col: str, i: int):
@@ -466,6 +448,8 @@ def build_dense_segments(frame: pl.LazyFrame, cfg: DenseSegmentsConfig, ctx: Ste
         return clip(frames, cols[cfg.caption_column][i])
 
     def job(i: int):
+        if clip is not None and not (cols[cfg.caption_column][i] or "").strip():
+            return ("no caption for the clip scorer", i, None)
         try:
             a, fps = load(cfg.video_a_column, i)
             b, _ = load(cfg.video_b_column, i)
@@ -489,7 +473,8 @@ def build_dense_segments(frame: pl.LazyFrame, cfg: DenseSegmentsConfig, ctx: Ste
             drops["unreadable media"] = drops.get("unreadable media", 0) + 1
         elif isinstance(res, tuple):
             drops[res[0]] = drops.get(res[0], 0) + 1
-            misaligned.append({"row": res[1], "shapes": res[2]})
+            if res[2] is not None:
+                misaligned.append({"row": res[1], "shapes": res[2]})
         else:
             out.append(res)
     keep_idx = [r["row"] for r in out]
@@ -526,9 +511,12 @@ def build_dense_segments(frame: pl.LazyFrame, cfg: DenseSegmentsConfig, ctx: Ste
                f"(+1 {counts['+1']}, −1 {counts['-1']}, tie {counts['0']}) by {cfg.scorer}")
     if bad:
         summary += f" · {drop_summary(bad)}"
+    info = {"segments": counts, "tie_threshold": tie, "unreadable": [d.as_dict() for d in bad],
+            "misaligned": misaligned}
+    if clip is not None:
+        info["clip_image_calls"] = clip.image_calls
     return Built(pl.from_arrow(table).lazy(), "pairs", drops=drops, rows_in=df.height, rows_kept=len(out),
-                 info={"segments": counts, "tie_threshold": tie, "unreadable": [d.as_dict() for d in bad],
-                       "misaligned": misaligned}, summary=summary)
+                 info=info, summary=summary)
 
 
 _OWN = {"prompt_id", "prompt", "chosen", "rejected", "chosen_id", "rejected_id", "score_chosen", "score_rejected",
