@@ -31,7 +31,7 @@ def peak_memory_mb() -> float:
 
 def checkpoint_dirs(out_dir: Path) -> list[Path]:
     """Complete checkpoints of a run, oldest first (a `.tmp` dir is an interrupted write)."""
-    return sorted(p for p in (out_dir / "checkpoints").glob("step-*") if not p.name.endswith(".tmp"))
+    return sorted(p for p in (out_dir / "checkpoints").glob("step-*") if not p.name.endswith((".tmp", ".old")))
 
 
 def truncate_metrics(path: Path, last_step: int) -> None:
@@ -54,7 +54,14 @@ def write_checkpoint(acc, out_dir: Path, step: int, state: dict, extra: dict | N
         if extra is not None:
             torch.save(extra, tmp / "trainer_extra.pt")
         (tmp / "trainer_state.json").write_text(json.dumps({"step": step, **state}, indent=2, default=str))
-        tmp.replace(final)  # atomic: a checkpoint dir either is complete or does not exist
+        if final.exists():  # the same step written again (a rerun over a resumed run): swap, then drop the old
+            old = final.with_name(final.name + ".old")
+            shutil.rmtree(old, ignore_errors=True)
+            final.replace(old)
+            tmp.replace(final)
+            shutil.rmtree(old)
+        else:
+            tmp.replace(final)  # atomic: a checkpoint dir either is complete or does not exist
     acc.wait_for_everyone()
     return final
 

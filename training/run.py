@@ -11,11 +11,22 @@ import torch
 from prefdata.errors import PrefdataError, RecipeError
 from training.batches import RefStore
 from training.budget import resolve_token_budget
-from training.data import LIST_REF, PAIR_REF, PAIR_TOK_REF, build_train_data, open_catalog, open_dataset
+from training.data import (
+    LIST_REF,
+    PAIR_REF,
+    PAIR_TOK_REF,
+    DataOptions,
+    build_train_data,
+    open_catalog,
+    open_dataset,
+    unpaired_ref_columns,
+)
 from training.loop import RunSetup, train
 from training.plan import make_plan
-from training.recipe import TrainRecipe, load_train_recipe, needs_reference
+from training.recipe import TrainRecipe, data_options, load_train_recipe, needs_reference
 from training.reference import ensure_reference
+from training.unpaired import kto_balance
+from training.vlm_recipe import is_vlm_recipe
 
 
 def load_model(path: str, *, trust_remote_code: bool, tokenizer: str | None = None):
@@ -35,7 +46,7 @@ def _device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
-def prepare_reference(recipe: TrainRecipe, spec, ds, lm, tok, out_dir: Path):
+def prepare_reference(recipe: TrainRecipe, spec, ds, lm, tok, out_dir: Path, options: DataOptions | None = None):
     """Run (or skip) the reference pass; returns the dataset carrying reference columns + a status dict."""
     if not needs_reference(spec, recipe) or not recipe.reference.model:
         return ds, {"status": "from dataset" if needs_reference(spec, recipe) else "not needed"}
@@ -50,7 +61,8 @@ def prepare_reference(recipe: TrainRecipe, spec, ds, lm, tok, out_dir: Path):
         ds, status = ensure_reference(ds, lm=ref_lm, tokenizer=tok, model_id=recipe.reference.model,
                                       max_length=recipe.train.max_length, device=_device(),
                                       with_tokens="token_logps" in spec.needs, cache_dir=out_dir / "reference",
-                                      batch_size=recipe.reference.batch_size, token_budget=budget)
+                                      batch_size=recipe.reference.batch_size, token_budget=budget,
+                                      options=options)
     if not same:
         del ref_lm
         gc.collect()
@@ -61,26 +73,36 @@ def prepare_reference(recipe: TrainRecipe, spec, ds, lm, tok, out_dir: Path):
 
 def train_from_recipe(recipe_path: str | Path, *, catalog_path: str | Path | None = None,
                       resume: bool = False) -> dict:
+    if is_vlm_recipe(recipe_path):  # a top-level `vlm:` section: multi-image VLM DPO (training/vlm_train.py)
+        from training.vlm_train import train_vlm_from_recipe
+        return train_vlm_from_recipe(recipe_path, catalog_path=catalog_path, resume=resume)
     recipe = load_train_recipe(recipe_path, catalog_path=catalog_path)
     spec, params = recipe.loss_spec()
     out_dir = Path(recipe.output_dir)
     ds = open_dataset(recipe.dataset, catalog_path)
     if recipe.make_tiny_model and not Path(recipe.model).exists():
         from training.tiny import make_tiny_model, texts_of_table
-        make_tiny_model(recipe.model, texts_of_table(ds.table))
+        completions = [c for col in ("completion", "response") if col in ds.table.column_names  # unpaired tables
+                       for c in ds.table.column(col).to_pylist() if isinstance(c, str)]
+        make_tiny_model(recipe.model, texts_of_table(ds.table) + completions)
     lm, tok = load_model(recipe.model, trust_remote_code=recipe.trust_remote_code, tokenizer=recipe.tokenizer)
-    ds, ref_status = prepare_reference(recipe, spec, ds, lm, tok, out_dir)
+    options = data_options(recipe)
+    options.template(tok)  # chat_template: true without a template fails here, before any reference pass
+    ds, ref_status = prepare_reference(recipe, spec, ds, lm, tok, out_dir, options)
 
     required: tuple[str, ...] = ()
     if needs_reference(spec, recipe):
-        required = PAIR_REF if ds.kind == "pairs" else (LIST_REF,)
+        required = unpaired_ref_columns(ds.kind) if options.unpaired else PAIR_REF if ds.kind == "pairs" \
+            else (LIST_REF,)
         if "token_logps" in spec.needs:
             required += PAIR_TOK_REF
     if "rm_margin" in spec.needs:
         required += ("margin",)
-    data = build_train_data(ds.table, tok, max_length=recipe.train.max_length, required=required)
+    data = build_train_data(ds.table, tok, max_length=recipe.train.max_length, required=required, options=options)
     if not data.groups:
         raise PrefdataError(f"{recipe.dataset}: no trainable rows ({dict(data.dropped)})")
+    if options.unpaired:
+        data.info["kto_balance"] = kto_balance(data, params)
     if recipe.lora is not None:
         from peft import LoraConfig, get_peft_model
         lm = get_peft_model(lm, LoraConfig(r=recipe.lora.r, lora_alpha=recipe.lora.alpha,
@@ -97,7 +119,7 @@ def train_from_recipe(recipe_path: str | Path, *, catalog_path: str | Path | Non
             _cat.log_event(_ds.name, _ds.version, kind, {"dataset": _ds.ref, **record})
 
     info = {"reference": ref_status, "rows_in": data.rows_in, "rows_trained": len(data.groups),
-            "rows_dropped": dict(data.dropped)}
+            "rows_dropped": dict(data.dropped), **data.info}
     setup = RunSetup(recipe=recipe, spec=spec, params=params, lm=lm, tokenizer=tok, data=data,
                      ref=RefStore(data, free=not needs_reference(spec, recipe)), plan=plan, out_dir=out_dir,
                      dataset_ref=ds.ref, resume=resume, log_event=log_event, info=info)

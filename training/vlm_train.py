@@ -1,0 +1,382 @@
+"""VLM multi-image DPO training from a recipe: `prefdata train RECIPE.yaml` with a top-level `vlm:` section.
+
+The loop mirrors the text loop (training/loop.py) and shares its parts: the step plan (training/plan.py:
+micro-batches of row indices fixed up front from the seed, so a checkpoint's data position is its step),
+accelerate (device, DDP, bf16 autocast on a GPU), AdamW + warmup/cosine, gradient accumulation, the same
+metrics fields (loop._StepStats), the same checkpoint layout (training/checkpointing.py) and the catalog run
+events that `prefdata log` shows. What differs is the forward: a micro-batch is collated by the model's own
+processor (images expanded into image tokens) and its response log-probs come from training/vlm.py.
+
+Reference log-probs, by `reference.source`: `copy` (a frozen copy of the initial model), `adapters` (the
+policy with its LoRA adapters disabled: one model in memory), `dataset` (the table's ref_logp_chosen /
+ref_logp_rejected columns), `precompute` (one no-grad pass of the initial model over all rows before step 1,
+kept in every checkpoint: one model in memory, no per-step reference forward) or `free` (zeros)."""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from transformers import get_cosine_schedule_with_warmup
+
+from prefdata.errors import IngestError, PrefdataError, RecipeError
+from training.checkpointing import checkpoint_dirs, load_latest_checkpoint, peak_memory_mb, precision, write_checkpoint
+from training.data import PAIR_REF, DatasetHandle, open_catalog, open_dataset
+from training.diffusion_data import MediaPaths
+from training.loop import _StepStats
+from training.losses import PairBatch, RunningMean
+from training.plan import make_plan
+from training.vlm import (
+    PLACEHOLDER,
+    VlmBatch,
+    VlmSequenceLogps,
+    adapters_off,
+    collate_pairs,
+    encode_prompt,
+    response_ids,
+)
+from training.vlm_recipe import VLM_COLUMNS, VlmRecipe, load_vlm_recipe
+
+# ---------------------------------------------------------------- data
+
+@dataclass
+class VlmData:
+    """The trainable rows of a MIA-DPO pairs table and their numeric columns; every other row is a counted drop."""
+    rows: list[dict]                     # prompt, images, chosen, rejected (+ prompt_id when present)
+    table_rows: list[int]                # table row of each kept row
+    stage: torch.Tensor                  # [N] int
+    weight: torch.Tensor                 # [N] float64
+    columns: dict[str, torch.Tensor]     # margin, pref_alpha, ref_logp_chosen/rejected when present
+    rows_in: int
+    dropped: Counter = field(default_factory=Counter)
+    unreadable: list[dict] = field(default_factory=list)   # {row, column, file, error} per unreadable image
+
+
+def media_paths(recipe: VlmRecipe, ds: DatasetHandle) -> MediaPaths:
+    """Catalog datasets keep their media under the catalog directory; a file's relative URIs are under its folder."""
+    v = recipe.vlm
+    if v.media_root:
+        root = Path(v.media_root)
+    elif ds.name is not None:
+        root = Path(ds.catalog_path)
+    else:
+        root = Path(ds.path).parent
+    return MediaPaths(root, Path(v.base_dir) if v.base_dir else root)
+
+
+def load_vlm_data(ds: DatasetHandle, recipe: VlmRecipe, processor, paths: MediaPaths, *,
+                  required: tuple[str, ...] = ()) -> VlmData:
+    """Check every row once (values present, `required` numeric columns not null, one `<image>` per image,
+    images readable, fits max_length) so no batch fails mid-training; the prompt is encoded with its images
+    exactly as training will encode it."""
+    t = ds.table
+    extra = [c for c in ("prompt_id", "stage", "weight", "margin", "pref_alpha", *PAIR_REF) if c in t.column_names]
+    table = t.select(list(VLM_COLUMNS) + extra).to_pylist()
+    tok, max_len = processor.tokenizer, recipe.train.max_length
+    keep: list[int] = []
+    dropped: Counter = Counter()
+    unreadable: list[dict] = []
+    for i, r in enumerate(table):
+        if any(r[c] is None for c in VLM_COLUMNS) or not r["images"]:
+            dropped["missing prompt/images/chosen/rejected"] += 1
+            continue
+        null = next((c for c in required if r.get(c) is None), None)
+        if null:
+            dropped[f"{null} is null"] += 1
+            continue
+        if r["prompt"].count(PLACEHOLDER) != len(r["images"]):
+            dropped[f"{PLACEHOLDER} count != number of images"] += 1
+            continue
+        try:
+            n_prompt = encode_prompt(processor, r, paths, recipe.vlm.image_text)["input_ids"].shape[1]
+        except IngestError as e:
+            dropped["unreadable image"] += 1
+            unreadable.append({"row": i, "column": "images", "file": e.path, "error": str(e).split(": ", 1)[-1]})
+            continue
+        if n_prompt + max(len(response_ids(tok, r["chosen"])), len(response_ids(tok, r["rejected"]))) > max_len:
+            dropped[f"longer than max_length={max_len}"] += 1
+            continue
+        keep.append(i)
+
+    def vec(name: str, default: float | None = None) -> torch.Tensor | None:
+        if name not in extra:
+            return None if default is None else torch.full((len(keep),), default, dtype=torch.float64)
+        return torch.tensor([float("nan") if table[i][name] is None else float(table[i][name]) for i in keep],
+                            dtype=torch.float64)
+
+    columns = {c: vec(c) for c in ("margin", "pref_alpha", *PAIR_REF) if c in extra}
+    return VlmData(rows=[table[i] for i in keep], table_rows=keep, stage=vec("stage", 0.0).long(),
+                   weight=vec("weight", 1.0), columns=columns, rows_in=len(table), dropped=dropped,
+                   unreadable=unreadable)
+
+
+def load_vlm(path: str, *, trust_remote_code: bool = False):
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+    try:
+        proc = AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
+        model = AutoModelForImageTextToText.from_pretrained(path, trust_remote_code=trust_remote_code,
+                                                            dtype=torch.float32)
+    except (OSError, ValueError) as e:
+        raise RecipeError(f"cannot load {path!r}: {str(e).splitlines()[0]}", path="vlm.model") from None
+    if proc.tokenizer.pad_token is None:   # as TRL: pad with eos (padding never reaches the loss)
+        proc.tokenizer.pad_token = proc.tokenizer.eos_token
+    return model, proc
+
+
+# ---------------------------------------------------------------- the loop
+
+class VlmTrainer:
+    def __init__(self, recipe: VlmRecipe, model, processor, data: VlmData, paths: MediaPaths, *, ref_source: str,
+                 dataset_ref: str, out_dir: Path, log_event=None, info: dict | None = None):
+        t = recipe.train
+        self.r, self.proc, self.data, self.paths, self.out_dir = recipe, processor, data, paths, out_dir
+        self.spec, self.params = recipe.loss_spec()
+        self.ref_source, self.dataset_ref, self.log_event, self.info = ref_source, dataset_ref, log_event, info or {}
+        self.acc = Accelerator(mixed_precision=precision(t.mixed_precision), cpu=not torch.cuda.is_available())
+        set_seed(t.seed)
+        if t.grad_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        head_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.acc.mixed_precision)
+        chunk = t.logp_chunk or 1024
+        # the frozen copy is taken before LoRA/training touch the weights: it IS the initial policy
+        self.ref_model = None
+        if ref_source == "copy":
+            frozen = copy.deepcopy(model).eval().requires_grad_(False)
+            self.ref_model = VlmSequenceLogps(frozen, chunk=chunk, compute_dtype=head_dtype).to(self.acc.device)
+        if recipe.lora is not None:
+            from peft import LoraConfig, get_peft_model
+            lo = recipe.lora
+            model = get_peft_model(model, LoraConfig(r=lo.r, lora_alpha=lo.alpha, lora_dropout=lo.dropout,
+                                                     target_modules=list(lo.target_modules)))
+        policy = VlmSequenceLogps(model, chunk=chunk, compute_dtype=head_dtype)
+        params = [p for p in policy.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay,
+                                fused=all(p.is_floating_point() for p in params))
+        self.plan = make_plan(data.stage, batch_size=t.batch_size, grad_accum=t.grad_accum, epochs=t.epochs,
+                              seed=t.seed, curriculum=recipe.curriculum.mode, max_steps=t.max_steps)
+        self.sched = get_cosine_schedule_with_warmup(opt, int(round(t.warmup_ratio * len(self.plan))),
+                                                     max(1, len(self.plan)))
+        self.model, self.opt = self.acc.prepare(policy, opt)
+        self.acc.register_for_checkpointing(self.sched)
+        self.bco = RunningMean(self.params.delta_window) \
+            if getattr(self.params, "delta", None) == "running_mean" else None
+        self.ref = torch.stack([data.columns[c] for c in PAIR_REF], 1) if ref_source == "dataset" else None
+        self.with_tokens = "token_logps" in self.spec.needs
+        self.metrics_path = out_dir / "metrics.jsonl"
+
+    def batch(self, idx) -> VlmBatch:
+        rows = [self.data.rows[i] for i in idx]
+        return collate_pairs(self.proc, rows, self.paths, max_length=self.r.train.max_length,
+                             image_text=self.r.vlm.image_text).to(self.acc.device)
+
+    # -- reference ------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def _reference_forward(self, b: VlmBatch):
+        if self.ref_model is not None:
+            with self.acc.autocast():
+                return self.ref_model(b, self.with_tokens)
+        inner = self.acc.unwrap_model(self.model)
+        with self.acc.autocast(), adapters_off(inner.model):
+            return inner(b, self.with_tokens)
+
+    @torch.no_grad()
+    def precompute_reference(self) -> None:
+        """One pass of the initial model (adapters off) over every row; held as [N, 2] float64."""
+        n, bs = len(self.data.rows), self.r.reference.batch_size
+        ref = torch.zeros(n, 2, dtype=torch.float64)
+        was_training = self.model.training
+        self.model.eval()
+        for s in range(0, n, bs):
+            idx = list(range(s, min(n, s + bs)))
+            out = self._reference_forward(self.batch(idx))
+            k = len(idx)
+            ref[s:s + k] = torch.stack([out.sums[:k], out.sums[k:]], 1).double().cpu()
+        self.model.train(was_training)
+        self.ref = ref
+
+    def pair_batch(self, b: VlmBatch, idx: tuple[int, ...]) -> PairBatch:
+        k, dev, spec = len(idx), self.acc.device, self.spec
+        pol = self.model(b, self.with_tokens)
+        dt = pol.sums.dtype
+        pb = PairBatch(pol_chosen=pol.sums[:k], pol_rejected=pol.sums[k:])
+        n = pol.counts.to(dt)
+        pb.n_chosen, pb.n_rejected = n[:k], n[k:]
+        if "nll" in spec.needs:   # token-mean CE over the micro-batch's chosen tokens (spec §0.3), as the text loop
+            pb.nll_chosen = -pb.pol_chosen.sum() / pb.n_chosen.sum()
+        if self.with_tokens:
+            pb.tok_pol_chosen, pb.tok_pol_rejected = pol.tokens[:k], pol.tokens[k:]
+            pb.tok_mask_chosen, pb.tok_mask_rejected = pol.tok_mask[:k], pol.tok_mask[k:]
+        if "ref" in spec.needs:
+            if self.ref_source in ("dataset", "precompute"):
+                r = self.ref[list(idx)].to(device=dev, dtype=dt)
+                pb.ref_chosen, pb.ref_rejected = r[:, 0], r[:, 1]
+            elif self.ref_source == "free":
+                pb.ref_chosen, pb.ref_rejected = torch.zeros_like(pb.pol_chosen), torch.zeros_like(pb.pol_rejected)
+                if self.with_tokens:
+                    pb.tok_ref_chosen = torch.zeros_like(pb.tok_pol_chosen)
+                    pb.tok_ref_rejected = torch.zeros_like(pb.tok_pol_rejected)
+            else:
+                ref = self._reference_forward(b)
+                pb.ref_chosen, pb.ref_rejected = ref.sums[:k].to(dt), ref.sums[k:].to(dt)
+                if self.with_tokens:
+                    pb.tok_ref_chosen, pb.tok_ref_rejected = ref.tokens[:k].to(dt), ref.tokens[k:].to(dt)
+        col = {c: v[list(idx)].to(device=dev, dtype=dt) for c, v in self.data.columns.items()}
+        if "rm_margin" in spec.needs:
+            pb.rm_margin = col["margin"]
+        if "pref_alpha" in col:
+            pb.pref_alpha = col["pref_alpha"]
+        pb.weight = self.data.weight[list(idx)].to(device=dev, dtype=dt)
+        pb.bco_delta = self.bco.value if self.bco is not None else None
+        return pb
+
+    # -- checkpoints ----------------------------------------------------------------------------------
+    def save(self, step: int, last: dict) -> Path:
+        state = {"dataset": self.dataset_ref, "config_sha256": self.r.config_hash(), "recipe": self.r.canonical(),
+                 "metrics": last, **self.info}
+        extra = {"ref": self.ref if self.ref_source == "precompute" else None,
+                 "bco": self.bco.state_dict() if self.bco else None}
+        final = write_checkpoint(self.acc, self.out_dir, step, state, extra)
+        if self.log_event and self.acc.is_main_process:
+            self.log_event("checkpoint", {"checkpoint": str(final), "step": step,
+                                          "config_sha256": state["config_sha256"], "output_dir": str(self.out_dir)})
+        return final
+
+    def resume(self) -> int:
+        step, extra = load_latest_checkpoint(self.acc, self.out_dir, self.metrics_path)
+        if extra:
+            if extra.get("ref") is not None:
+                self.ref = extra["ref"]
+            if self.bco is not None and extra.get("bco"):
+                self.bco.load_state_dict(extra["bco"])
+        return step
+
+    # -- the loop -------------------------------------------------------------------------------------
+    def run(self, *, resume: bool = False) -> dict:
+        t, plan = self.r.train, self.plan
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        if not resume and checkpoint_dirs(self.out_dir):
+            raise PrefdataError(f"{self.out_dir} already holds checkpoints of a run: pass --resume to continue it, "
+                                "or choose another output_dir")
+        start = self.resume() if resume else 0
+        if not resume and self.metrics_path.exists():
+            self.metrics_path.unlink()
+        if self.ref_source == "precompute" and self.ref is None:
+            self.precompute_reference()
+        last: dict = {}
+        self.model.train()
+        # progress on stderr: stdout stays clean for `prefdata train --json`
+        bar = Progress(TextColumn("[bold]train vlm"), BarColumn(), MofNCompleteColumn(),
+                       TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=Console(stderr=True),
+                       disable=not self.acc.is_main_process)
+        t_run = time.perf_counter()
+        with bar, self.metrics_path.open("a") as log:
+            task = bar.add_task("train", total=len(plan), completed=start, info="")
+            for step in range(start, len(plan)):
+                t0 = time.perf_counter()
+                stats = _StepStats(plan[step].examples, self.acc.device)
+                for j, idx in enumerate(plan[step].micro):
+                    b = self.batch(idx)
+                    ctx = self.acc.no_sync(self.model) if j < len(plan[step].micro) - 1 else _nullcontext()
+                    with ctx:
+                        pb = self.pair_batch(b, idx)
+                        lo = self.spec.fn(pb, self.params)
+                        loss = (lo.loss * pb.weight).sum()
+                        self.acc.backward(loss / plan[step].examples)
+                    if self.bco is not None:
+                        self.bco.update(lo.metrics["bco_reward_mean"])
+                    # the text loop's layout for logps/chosen|rejected: chosen, rejected interleaved per pair
+                    sums = torch.stack([pb.pol_chosen, pb.pol_rejected], 1).flatten().detach()
+                    stats.add(loss, lo, b.n_tokens, sums, len(idx))
+                lr = self.sched.get_last_lr()[0]
+                if t.max_grad_norm is not None:
+                    stats.add_value("grad_norm", self.acc.clip_grad_norm_(self.model.parameters(), t.max_grad_norm))
+                self.opt.step()
+                self.sched.step()
+                self.opt.zero_grad(set_to_none=True)
+                last = step_record(step + 1, plan[step], stats, lr, time.perf_counter() - t0)
+                if self.acc.is_main_process and ((step + 1) % t.log_every == 0 or step + 1 == len(plan)):
+                    log.write(json.dumps(last) + "\n")
+                    log.flush()
+                bar.update(task, advance=1, info=f"loss {last['loss']:.4f} acc {last['reward_accuracy'] or 0:.2f}")
+                if t.save_every and (step + 1) % t.save_every == 0 and step + 1 < len(plan):
+                    self.save(step + 1, last)
+        ckpt = self.save(len(plan), last) if plan else None
+        final = self.out_dir / "final"
+        if self.acc.is_main_process:
+            self.acc.unwrap_model(self.model).model.save_pretrained(final)   # LoRA: the adapters
+            self.proc.save_pretrained(final)
+        result = {"output_dir": str(self.out_dir), "final_model": str(final), "checkpoint": str(ckpt),
+                  "dataset": self.dataset_ref, "config_sha256": self.r.config_hash(), "steps": len(plan),
+                  "resumed_from": start, "seconds": time.perf_counter() - t_run, "last": last, **self.info}
+        if self.log_event and self.acc.is_main_process:
+            self.log_event("train", {k: result[k] for k in ("output_dir", "final_model", "checkpoint",
+                                                            "config_sha256", "steps")}
+                           | {"loss": self.r.loss, "last": last, "trainer": "vlm"})
+        return result
+
+
+def step_record(step: int, plan_step, stats: _StepStats, lr: float, dt: float) -> dict:
+    """One metrics.jsonl line, with the text loop's field names."""
+    m = stats.values()   # the step's only device->host sync
+    n = stats.n_reward
+    rec = {"step": step, "stage": plan_step.stage, "loss": m.pop("loss"),
+           "reward_accuracy": m.pop("acc") / n if n else None,
+           "chosen_reward": m["rc"] / n if n else None, "rejected_reward": m["rr"] / n if n else None,
+           "margin": (m.pop("rc") - m.pop("rr")) / n if n else None, "grad_norm": m.pop("grad_norm", None),
+           "lr": lr, "examples": plan_step.examples, "tokens": stats.tokens, "tokens_per_s": stats.tokens / dt,
+           "examples_per_s": plan_step.examples / dt, "step_time_s": dt, "peak_memory_mb": peak_memory_mb(),
+           **{(k if k.startswith("logps") else f"loss/{k}"): v for k, v in m.items()}}
+    if not math.isfinite(rec["loss"]):
+        raise FloatingPointError(f"loss is {rec['loss']} at step {step}")
+    return rec
+
+
+class _nullcontext:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def train_vlm_from_recipe(recipe_path: str | Path, *, catalog_path: str | Path | None = None,
+                          resume: bool = False) -> dict:
+    """`prefdata train RECIPE` for recipes with a top-level `vlm:` section; returns the run summary (also
+    written to output_dir/run.json)."""
+    recipe = load_vlm_recipe(recipe_path, catalog_path=catalog_path)
+    ds = open_dataset(recipe.dataset, catalog_path)
+    if recipe.vlm.make_tiny_model and not Path(recipe.vlm.model).exists():
+        from training.vlm_tiny import make_tiny_vlm, texts_of_rows
+        make_tiny_vlm(recipe.vlm.model, texts_of_rows(ds.table.select(["prompt", "chosen", "rejected"]).to_pylist()))
+    model, proc = load_vlm(recipe.vlm.model, trust_remote_code=recipe.vlm.trust_remote_code)
+    paths = media_paths(recipe, ds)
+    ref_source = recipe.reference_source(ds.table.column_names)
+    required = (PAIR_REF if ref_source == "dataset" else ()) + \
+        (("margin",) if "rm_margin" in recipe.loss_spec()[0].needs else ())
+    data = load_vlm_data(ds, recipe, proc, paths, required=required)
+    if not data.rows:
+        raise PrefdataError(f"{ds.ref}: no trainable rows ({dict(data.dropped)})")
+    log_event = None
+    if ds.name is not None:
+        cat = open_catalog(ds.catalog_path)
+
+        def log_event(kind: str, record: dict, _cat=cat, _ds=ds) -> None:
+            _cat.log_event(_ds.name, _ds.version, kind, {"dataset": _ds.ref, **record})
+
+    info = {"reference": {"source": ref_source}, "rows_in": data.rows_in, "rows_trained": len(data.rows),
+            "rows_dropped": dict(data.dropped), "unreadable": data.unreadable}
+    out_dir = Path(recipe.output_dir)
+    trainer = VlmTrainer(recipe, model, proc, data, paths, ref_source=ref_source, dataset_ref=ds.ref,
+                         out_dir=out_dir, log_event=log_event, info=info)
+    result = trainer.run(resume=resume)
+    (out_dir / "run.json").write_text(json.dumps(result, indent=2, default=str))
+    return result
