@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from training.data import LIST_REF, PAIR_REF, PAIR_TOK_REF, TrainData
+from prefdata.errors import SchemaError
+from training.data import LIST_REF, PAIR_REF, PAIR_TOK_REF, TrainData, unpaired_ref_columns
 from training.logps import SeqOut
 from training.losses import ListBatch, LossSpec, PairBatch
 
@@ -14,12 +15,22 @@ class RefStore:
 
     def __init__(self, data: TrainData, *, free: bool):
         G = len(data.groups)
+        self.kl: torch.Tensor | None = None   # unpaired: reference log-probs of the KL samples
         self.rows = list(data.rows)  # table row of each group, so a saved store can be read against the table
         if data.kind == "pairs":
             cols = [data.columns.get(c) for c in PAIR_REF]
             self.seq = torch.zeros(G, 2, dtype=torch.float64) if free or cols[0] is None else torch.stack(cols, 1)
             toks = [data.columns.get(c) for c in PAIR_TOK_REF]
             self.tok = None if toks[0] is None else toks
+        elif data.kind == "unpaired":  # completions [G, k] and their KL samples [G, k] (k = 2 for pairs)
+            k = data.columns["label"].shape[1]
+            names = unpaired_ref_columns("unpaired" if k == 1 else "pairs")
+            cols = [data.columns.get(c) for c in names]
+            if not free and any(c is None for c in cols):  # parse-time checks make this unreachable from recipes
+                raise SchemaError(f"unpaired training needs reference columns {names}", column=names[0])
+            self.seq = torch.zeros(G, k, dtype=torch.float64) if free else torch.stack(cols[:k], 1)
+            self.kl = torch.zeros(G, k, dtype=torch.float64) if free else torch.stack(cols[k:], 1)
+            self.tok = None
         else:
             K = data.columns["scores"].shape[1]
             ref = data.columns.get(LIST_REF)
@@ -27,10 +38,10 @@ class RefStore:
             self.tok = None
 
     def state_dict(self) -> dict:
-        return {"seq": self.seq, "tok": self.tok, "rows": self.rows}
+        return {"seq": self.seq, "tok": self.tok, "rows": self.rows, "kl": self.kl}
 
     def load_state_dict(self, s: dict) -> None:
-        self.seq, self.tok = s["seq"], s["tok"]
+        self.seq, self.tok, self.kl = s["seq"], s["tok"], s.get("kl")
 
 
 def _pad_to(t: torch.Tensor, T: int) -> torch.Tensor:

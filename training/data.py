@@ -1,6 +1,10 @@
 """Training data: open a dataset (catalog `name[@version]` or a parquet/Arrow file), tokenize it into groups,
 and hold the per-row numeric columns the losses need as tensors.
 
+Table kinds: pairs (prompt/chosen/rejected), lists (prompt/responses) and unpaired (KTO): TRL's
+prompt/completion/label, or a catalog responses table (prompt/response + label or score, which is what
+`prefdata ingest --format trl` makes of unpaired data: score 1.0 = desirable, 0.0 = undesirable).
+
 The catalog is imported lazily and only for `name@version` datasets: a parquet path works on a machine that
 has only torch/transformers/pyarrow. Rows that cannot be trained on are dropped with a counted reason.
 """
@@ -13,13 +17,22 @@ from pathlib import Path
 import pyarrow as pa
 import torch
 
-from prefdata.errors import DatasetNotFound, SchemaError
+from prefdata.errors import DatasetNotFound, RecipeError, SchemaError
 from training.encode import Group, encode_groups
+from training.kto_data import kl_partners, labels_of
 
 FILE_SUFFIXES = (".parquet", ".arrow", ".feather", ".ipc")
 PAIR_REF = ("ref_logp_chosen", "ref_logp_rejected")
 PAIR_TOK_REF = ("ref_tok_logp_chosen", "ref_tok_logp_rejected")
 LIST_REF = "ref_logps"
+UNPAIRED_REF = "ref_logp"                   # unpaired table: the completion's reference log-prob
+UNPAIRED_KL_REF = "ref_logp_kl"            # ... and its KL sample's (prompt, another row's completion)
+PAIR_KL_REF = ("ref_logp_kl_chosen", "ref_logp_kl_rejected")   # a pairs table trained unpaired (KTO)
+
+
+def unpaired_ref_columns(kind: str) -> tuple[str, ...]:
+    """Reference columns a KTO run needs on a table of this kind (completions, then their KL samples)."""
+    return (UNPAIRED_REF, UNPAIRED_KL_REF) if kind == "unpaired" else (*PAIR_REF, *PAIR_KL_REF)
 
 
 @dataclass
@@ -46,7 +59,33 @@ def table_kind(columns) -> str:
         return "lists"
     if {"prompt", "chosen", "rejected"} <= cols:
         return "pairs"
+    if unpaired_columns(cols) is not None:
+        return "unpaired"
     return "unknown"
+
+
+def unpaired_columns(columns) -> tuple[str, str] | None:
+    """(completion column, label column) of an unpaired table, or None. `label` wins over `score`."""
+    cols = set(columns)
+    text = "completion" if "completion" in cols else "response" if "response" in cols else None
+    label = "label" if "label" in cols else "score" if "score" in cols else None
+    return (text, label) if "prompt" in cols and text and label else None
+
+
+@dataclass(frozen=True)
+class DataOptions:
+    """How rows become token groups, beyond the table itself (recipe-level choices)."""
+    chat_template: str | bool = "auto"   # auto: conversational rows when the tokenizer has a template; True: all
+    unpaired: bool = False               # KTO: one example per completion (a pairs table: chosen desirable)
+    label_threshold: float | None = None  # unpaired from a `score` column: desirable = score >= threshold
+
+    def template(self, tokenizer) -> str | None:
+        """The chat template that applies, or None (and the error for `true` without one, at load time)."""
+        tpl = getattr(tokenizer, "chat_template", None) if self.chat_template is not False else None
+        if self.chat_template is True and not tpl:
+            raise RecipeError(f"chat_template: true, but the tokenizer {getattr(tokenizer, 'name_or_path', '')!r} "
+                              "has no chat template", path="chat_template")
+        return tpl or None
 
 
 def read_file(path: str) -> pa.Table:
@@ -104,13 +143,15 @@ def dataset_columns(dataset: str, catalog_path=None) -> list[str]:
 class TrainData:
     """Tokenized groups (one per kept row) + row-aligned tensors; `rows` maps group i -> table row."""
     groups: list[Group]
-    kind: str
+    kind: str                                # pairs | lists | unpaired (a pairs table trained by KTO too)
     rows: list[int]
     stage: torch.Tensor                      # [G] int
     weight: torch.Tensor                     # [G]
     columns: dict[str, torch.Tensor]         # optional numeric columns, [G] or [G, K] / [G, M]
     dropped: Counter = field(default_factory=Counter)
     rows_in: int = 0
+    kl_groups: list[Group] | None = None     # unpaired: group i's prompt with its KL samples' completions
+    info: dict = field(default_factory=dict)  # chat-template rows, KL samples sharing their prompt
 
 
 def _col(table: pa.Table, name: str):
@@ -122,16 +163,57 @@ def _struct_matrix(values: list, column: str) -> tuple[list[list[float]], list[s
     return [[(v or {}).get(k) for k in keys] for v in values], keys
 
 
-def build_train_data(table: pa.Table, tokenizer, *, max_length: int, required: tuple[str, ...] = ()) -> TrainData:
-    """Tokenize a pairs or lists table; drop (and count) rows with nulls in the text or in `required` columns."""
+def _chat_rows(table: pa.Table, prompts: list, resp: list, keep: list[int], opts: DataOptions,
+               tokenizer) -> tuple[list, list[bool]]:
+    """Per kept row: the prompt to encode (string or messages) and whether the chat template renders it.
+
+    auto: rows with messages (a `messages` column, or a list-valued prompt) when the tokenizer has a template,
+    as TRL does for conversational data; true: every row (a string prompt becomes one user message);
+    false: never. A conversational row that no template renders is an error, not a silent str()."""
+    tpl = opts.template(tokenizer)
+    msgs = _col(table, "messages")
+    values, chat = [], []
+    for i in keep:
+        conv = prompts[i] if isinstance(prompts[i], list) else (msgs[i] if msgs is not None and msgs[i] else None)
+        use = bool(tpl) and (conv is not None or opts.chat_template is True)
+        if not use and (isinstance(prompts[i], list) or any(isinstance(r, list) for r in resp[i])):
+            raise SchemaError("conversational prompt/completion (list of messages) but no chat template applies "
+                              f"(chat_template: {opts.chat_template}, tokenizer has "
+                              f"{'one' if tpl else 'none'})", column="prompt", row=i)
+        values.append(conv if use and conv is not None else prompts[i])
+        chat.append(use)
+    return values, chat
+
+
+def _unpaired_responses(table: pa.Table, kind: str, opts: DataOptions, n: int) -> tuple[list, list]:
+    """(responses per row, labels per row): an unpaired table's one completion with its label, or a pairs
+    table's [chosen, rejected] labelled [True, False] (TRL's unpair_preference_dataset)."""
+    if kind == "pairs":
+        resp = [[c, r] for c, r in zip(_col(table, "chosen"), _col(table, "rejected"), strict=True)]
+        return resp, [[True, False]] * n
+    text, label = unpaired_columns(table.column_names)
+    labels = labels_of(_col(table, label), label, opts.label_threshold)
+    return [[c] for c in _col(table, text)], [None if lab is None else [lab] for lab in labels]
+
+
+def build_train_data(table: pa.Table, tokenizer, *, max_length: int, required: tuple[str, ...] = (),
+                     options: DataOptions | None = None) -> TrainData:
+    """Tokenize a pairs, lists or unpaired table; drop (and count) rows with nulls in the text or in `required`
+    columns. With `options.unpaired` every group also gets a KL group (its prompt + its partner's completions)."""
+    opts = options or DataOptions()
     kind = table_kind(table.schema.names)
-    if kind == "unknown":
-        raise SchemaError("dataset has neither prompt/chosen/rejected (pairs) nor prompt/responses (lists) columns",
-                          column="prompt")
+    trainable = ("pairs", "unpaired") if opts.unpaired else ("pairs", "lists")
+    if kind not in trainable:
+        raise SchemaError(f"a {kind} table cannot be trained {'unpaired (KTO)' if opts.unpaired else 'pairwise'}: "
+                          "need prompt/chosen/rejected (pairs), prompt/responses (lists) or prompt/completion/label "
+                          "(unpaired)", column="prompt")
     n = table.num_rows
     dropped: Counter = Counter()
     prompts = _col(table, "prompt")
-    if kind == "pairs":
+    labels = None
+    if opts.unpaired:
+        resp, labels = _unpaired_responses(table, kind, opts, n)
+    elif kind == "pairs":
         resp = [[c, r] for c, r in zip(_col(table, "chosen"), _col(table, "rejected"), strict=True)]
     else:
         resp = _col(table, "responses")
@@ -139,24 +221,43 @@ def build_train_data(table: pa.Table, tokenizer, *, max_length: int, required: t
     for i in range(n):
         if prompts[i] is None or resp[i] is None or any(r is None for r in resp[i]):
             dropped["null prompt or response"] += 1
-            continue
-        if kind == "lists" and len(resp[i]) < 2:
+        elif labels is not None and labels[i] is None:
+            dropped[f"{unpaired_columns(table.column_names)[1]} is null"] += 1
+        elif kind == "lists" and len(resp[i]) < 2:
             dropped["fewer than 2 responses"] += 1
-            continue
-        keep.append(i)
-    enc = encode_groups(tokenizer, [prompts[i] for i in keep], [resp[i] for i in keep], max_length=max_length,
-                        rows=keep)
+        else:
+            keep.append(i)
+    info: dict = {}
+    partner: dict[int, int] = {}
+    if opts.unpaired:
+        partner, info["kl_samples_sharing_prompt"] = kl_partners(prompts, keep)
+        if not partner:
+            raise SchemaError(f"unpaired (KTO) training needs at least 2 usable rows to form KL samples; "
+                              f"{len(keep)} of {n} rows are usable", column="prompt")
+    values, chat = _chat_rows(table, prompts, resp, keep, opts, tokenizer)
+    info["chat_template_rows"] = sum(chat)
+    # a KL sample is the row's prompt with its partner's completions, encoded in the same group so both share
+    # one prompt tokenization; split off below
+    enc = encode_groups(tokenizer, values, [resp[i] + (resp[partner[i]] if partner else []) for i in keep],
+                        max_length=max_length, rows=keep, chat=chat)
     dropped.update(enc.dropped)
+    kl_groups = None
+    if opts.unpaired:
+        k = len(resp[keep[0]])
+        kl_groups = [Group(g.row, g.prompt_ids, g.response_ids[k:]) for g in enc.groups]
+        enc.groups = [Group(g.row, g.prompt_ids, g.response_ids[:k]) for g in enc.groups]
     # required columns are checked after tokenization, so a row the tokenizer drops is counted under that
     # reason (the reference pass leaves exactly those rows null)
     nulls = {c: table.column(c).is_null().to_pylist() for c in required}
-    groups = []
-    for g in enc.groups:
+    groups, kls = [], []
+    for j, g in enumerate(enc.groups):
         bad = [c for c in required if nulls[c][g.row]]
         if bad:
             dropped[f"{bad[0]} is null"] += 1
         else:
             groups.append(g)
+            if kl_groups is not None:
+                kls.append(kl_groups[j])
     enc.groups = groups
     rows = [g.row for g in enc.groups]
     idx = pa.array(rows, pa.int64())
@@ -169,7 +270,7 @@ def build_train_data(table: pa.Table, tokenizer, *, max_length: int, required: t
         return torch.tensor([float(x) if x is not None else float("nan") for x in v], dtype=torch.float64)
 
     columns: dict[str, torch.Tensor] = {}
-    for name in ("margin", "pref_alpha", *PAIR_REF):
+    for name in ("margin", "pref_alpha", *PAIR_REF, UNPAIRED_REF, UNPAIRED_KL_REF, *PAIR_KL_REF):
         t = vec(name)
         if t is not None:
             columns[name] = t
@@ -195,6 +296,9 @@ def build_train_data(table: pa.Table, tokenizer, *, max_length: int, required: t
         if refs is not None:
             columns[LIST_REF] = torch.tensor([list(r or []) + [0.0] * (K - len(r or [])) for r in refs],
                                              dtype=torch.float64)
+    if labels is not None:
+        columns["label"] = torch.tensor([labels[r] for r in rows], dtype=torch.bool).reshape(len(rows), -1)
     stage = vec("stage", 0)
-    return TrainData(groups=enc.groups, kind=kind, rows=rows, stage=stage.long(), weight=vec("weight", 1.0),
-                     columns=columns, dropped=dropped, rows_in=n)
+    return TrainData(groups=enc.groups, kind="unpaired" if opts.unpaired else kind, rows=rows, stage=stage.long(),
+                     weight=vec("weight", 1.0), columns=columns, dropped=dropped, rows_in=n,
+                     kl_groups=kls if opts.unpaired else None, info=info)

@@ -35,6 +35,7 @@ from training.losses import LossSpec, RunningMean
 from training.packing import split_by_tokens
 from training.plan import Step, stage_starts
 from training.recipe import TrainRecipe
+from training.unpaired import UnpairedMicro
 
 
 @dataclass
@@ -79,6 +80,7 @@ class Trainer:
                                                  grad_checkpointing=t.grad_checkpointing) \
             if self.acc.num_processes == 1 else 1 << 62
         self.metrics_path = s.out_dir / "metrics.jsonl"
+        self.micro = UnpairedMicro(self) if s.data.kind == "unpaired" else self  # KTO: z0 first (unpaired.py)
 
     # -- one micro-batch ------------------------------------------------------------------------------
     def micro_loss(self, idx: tuple[int, ...]):
@@ -177,11 +179,11 @@ class Trainer:
                     self.refresh_reference(refresh[step])
                 t0 = time.perf_counter()
                 stats = _StepStats(plan.examples, self.acc.device)
-                parts = [p for idx in plan.micro for p in self.parts(idx)]
+                parts = [p for idx in plan.micro for p in self.micro.parts(idx)]
                 for j, idx in enumerate(parts):
                     ctx = self.acc.no_sync(self.model) if j < len(parts) - 1 else _nullcontext()
                     with ctx:
-                        loss, lo, ntok, lo_sums = self.micro_loss(idx)
+                        loss, lo, ntok, lo_sums = self.micro.micro_loss(idx)
                         self.acc.backward(loss / plan.examples)
                     stats.add(loss, lo, ntok, lo_sums if s.data.kind == "pairs" else None, len(idx))
                 lr = self.sched.get_last_lr()[0]  # the rate this step uses
@@ -258,7 +260,11 @@ class _StepStats:
     def values(self) -> dict[str, float]:
         keys = list(self.sum)
         vals = torch.stack([self.sum[k].reshape(()) for k in keys]).tolist() if keys else []
-        return dict(zip(keys, vals, strict=True))
+        out = dict(zip(keys, vals, strict=True))
+        for k in [k[:-4] for k in keys if k.endswith("@sum")]:  # means over the examples that have the metric
+            s, n = out.pop(k + "@sum"), out.pop(k + "@n")
+            out[k] = s / n if n else None
+        return out
 
 
 class _nullcontext:

@@ -13,7 +13,16 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from prefdata.errors import DatasetNotFound, PrefdataError, RecipeError
-from training.data import LIST_REF, PAIR_REF, PAIR_TOK_REF, dataset_columns, table_kind
+from training.data import (
+    LIST_REF,
+    PAIR_REF,
+    PAIR_TOK_REF,
+    DataOptions,
+    dataset_columns,
+    table_kind,
+    unpaired_columns,
+    unpaired_ref_columns,
+)
 from training.losses import LossSpec, resolve_loss
 
 
@@ -53,6 +62,14 @@ class CurriculumSection(_Section):
     mode: Literal["off", "fixed", "iterative"] = "off"
 
 
+class UnpairedSection(_Section):
+    """Unpaired (KTO) data choices; only valid with an unpaired loss."""
+    from_pairs: bool = Field(False, description="train a pairs table unpaired: chosen = desirable, rejected = "
+                             "undesirable (TRL's unpair_preference_dataset); required to run kto on pairs")
+    label_threshold: float | None = Field(None, description="unpaired table with a `score` column and no "
+                                          "`label`: desirable = score >= threshold (default: scores must be 0/1)")
+
+
 class LoraSection(_Section):
     r: int = Field(8, ge=1)
     alpha: float = Field(16.0, gt=0)
@@ -72,6 +89,11 @@ class TrainRecipe(_Section):
     tokenizer: str | None = Field(None, description="tokenizer path/id; default: the model's")
     trust_remote_code: bool = False
     make_tiny_model: bool = Field(False, description="create a random tiny Llama at `model` if it does not exist")
+    chat_template: Literal["auto", True, False] = Field(
+        "auto", description="auto: render conversational rows (messages) with the tokenizer's chat template when "
+        "it has one; true: every row (a string prompt = one user message), error if the tokenizer has none; "
+        "false: never")
+    unpaired: UnpairedSection = UnpairedSection()
 
     @model_validator(mode="after")
     def _loss_is_valid(self) -> TrainRecipe:
@@ -92,7 +114,7 @@ class TrainRecipe(_Section):
         return hashlib.sha256(json.dumps(self.canonical(), sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-SUPPORTED_KINDS = ("pair", "list")
+SUPPORTED_KINDS = ("pair", "list", "unpaired")
 
 
 def needs_reference(spec: LossSpec, recipe: TrainRecipe) -> bool:
@@ -108,11 +130,15 @@ def check_dataset(recipe: TrainRecipe, columns: list[str], *, file: str | None =
         raise RecipeError(msg, path=path, file=file)
 
     if spec.kind not in SUPPORTED_KINDS:
-        fail(f"loss {recipe.loss['name']!r} is a {spec.kind} loss; `prefdata train` trains pair and list losses "
+        fail(f"loss {recipe.loss['name']!r} is a {spec.kind} loss; `prefdata train` trains pair, list and "
+             "unpaired (kto) losses "
              "(diffusion losses use the diffusion trainer)", "loss.name")
     if "seq_kl" in spec.needs:
         fail(f"loss {recipe.loss['name']!r} needs the sequential KL against an online reference model, which this "
              "trainer does not compute", "loss.name")
+    if spec.kind == "unpaired" or recipe.unpaired != UnpairedSection():
+        check_unpaired(recipe, spec, columns, kind, fail)
+        return
     if kind == "unknown":
         fail("dataset has neither prompt/chosen/rejected (pairs) nor prompt/responses/scores (lists) columns",
              "dataset")
@@ -144,6 +170,42 @@ def check_dataset(recipe: TrainRecipe, columns: list[str], *, file: str | None =
         fail("a curriculum needs the 'stage' column", "curriculum.mode")
     if recipe.curriculum.mode == "iterative" and not needs_reference(spec, recipe):
         fail("an iterative curriculum refreshes the reference; this loss/recipe uses none", "curriculum.mode")
+
+
+def check_unpaired(recipe: TrainRecipe, spec: LossSpec, columns: list[str], kind: str, fail) -> None:
+    """KTO: the table (unpaired, or pairs with unpaired.from_pairs), batch size, reference columns."""
+    name = recipe.loss["name"]
+    if spec.kind != "unpaired":
+        fail(f"the unpaired section is for unpaired losses (kto); {name!r} is a {spec.kind} loss", "unpaired")
+    if kind == "pairs" and not recipe.unpaired.from_pairs:
+        fail(f"{name!r} trains unpaired examples and {recipe.dataset} is a pairs table: set unpaired.from_pairs: "
+             "true to train chosen as desirable and rejected as undesirable", "unpaired.from_pairs")
+    if kind == "unpaired" and recipe.unpaired.from_pairs:
+        fail(f"unpaired.from_pairs is set but {recipe.dataset} is an unpaired table, not pairs", "unpaired.from_pairs")
+    if kind not in ("pairs", "unpaired"):
+        have = "prompt" in columns and {"completion", "response"} & set(columns)
+        fail(f"{name!r} needs an unpaired table (prompt, completion, label) or a pairs table; {recipe.dataset} "
+             + ("has no 'label' (or 'score') column" if have else f"is a {kind} table"), "dataset")
+    if kind == "unpaired" and recipe.unpaired.label_threshold is not None and unpaired_columns(columns)[1] == "label":
+        fail("label_threshold labels a 'score' column, but the table has 'label'", "unpaired.label_threshold")
+    if recipe.train.batch_size < 2:
+        fail(f"{name!r} estimates its reference point z0 from the other rows of the micro-batch: batch_size must "
+             "be >= 2", "train.batch_size")
+    if recipe.curriculum.mode == "iterative":
+        fail(f"an iterative curriculum is not supported with {name!r}", "curriculum.mode")
+    if recipe.curriculum.mode != "off" and "stage" not in columns:
+        fail("a curriculum needs the 'stage' column", "curriculum.mode")
+    want = unpaired_ref_columns(kind)
+    if needs_reference(spec, recipe) and not recipe.reference.model and not set(want) <= set(columns):
+        fail(f"loss {name!r} needs reference log-probs of the completions and of their KL samples: the dataset "
+             f"has no {', '.join(c for c in want if c not in columns)} column(s); set reference.model (they are "
+             "then computed once and stored) or reference.free: true", "reference.model")
+
+
+def data_options(recipe: TrainRecipe) -> DataOptions:
+    spec, _ = recipe.loss_spec()
+    return DataOptions(chat_template=recipe.chat_template, unpaired=spec.kind == "unpaired",
+                       label_threshold=recipe.unpaired.label_threshold)
 
 
 def _location(err: dict) -> str:

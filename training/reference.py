@@ -2,7 +2,8 @@
 so training holds a single model in memory.
 
 Pairs get `ref_logp_chosen` / `ref_logp_rejected` (plus `ref_tok_logp_*` lists for token-level losses), lists
-get `ref_logps`. A catalog dataset gets a NEW version whose lineage records the reference model, its config hash
+get `ref_logps`. Unpaired (KTO) data also gets its KL samples' values: an unpaired table `ref_logp` +
+`ref_logp_kl`, a pairs table trained unpaired `ref_logp_chosen/rejected` + `ref_logp_kl_chosen/rejected`. A catalog dataset gets a NEW version whose lineage records the reference model, its config hash
 and the tokenization settings; a file dataset gets a cached parquet next to the run. Either is skipped when the
 stored values were made by the same reference under the same settings.
 """
@@ -15,16 +16,32 @@ from pathlib import Path
 import pyarrow as pa
 import torch
 
-from training.data import LIST_REF, PAIR_REF, PAIR_TOK_REF, DatasetHandle, build_train_data, open_catalog
+from training.data import (
+    LIST_REF,
+    PAIR_REF,
+    PAIR_TOK_REF,
+    DataOptions,
+    DatasetHandle,
+    build_train_data,
+    open_catalog,
+    unpaired_ref_columns,
+)
 from training.forward import group_logps
 from training.logps import SequenceLogps
 
 
-def reference_identity(model_id: str, config, tokenizer, max_length: int, with_tokens: bool) -> dict:
+def reference_identity(model_id: str, config, tokenizer, max_length: int, with_tokens: bool,
+                       options: DataOptions | None = None) -> dict:
     cfg = json.dumps(config.to_dict(), sort_keys=True, default=str)
     ident = {"model": str(model_id), "config_sha256": hashlib.sha256(cfg.encode()).hexdigest(),
              "tokenizer": getattr(tokenizer, "name_or_path", None), "max_length": max_length,
              "eos_appended": True, "token_level": with_tokens}
+    opts = options or DataOptions()
+    tpl = opts.template(tokenizer)
+    if tpl:  # the rendered text differs with the template (and with its mode), so it is part of the key
+        ident["chat_template"] = {"mode": opts.chat_template, "sha256": hashlib.sha256(tpl.encode()).hexdigest()}
+    if opts.unpaired:  # KL samples follow kto_data.kl_partners; a threshold changes which rows are labelled
+        ident["unpaired"] = {"kl_rule": "prompt-block-shift-v1", "label_threshold": opts.label_threshold}
     ident["key"] = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
     return ident
 
@@ -32,14 +49,15 @@ def reference_identity(model_id: str, config, tokenizer, max_length: int, with_t
 @torch.no_grad()
 def compute_reference(lm, tokenizer, table: pa.Table, *, max_length: int, device, batch_size: int = 16,
                       token_budget: int = 8192, with_tokens: bool = False, chunk: int | None = None,
-                      progress=None) -> dict[str, pa.Array]:
+                      progress=None, options: DataOptions | None = None) -> dict[str, pa.Array]:
     """Reference log-probs as Arrow columns aligned with `table` (null where a row cannot be trained on)."""
-    data = build_train_data(table, tokenizer, max_length=max_length)
+    data = build_train_data(table, tokenizer, max_length=max_length, options=options)
     was_training = lm.training
     lm.eval()
     model = SequenceLogps(lm, chunk=chunk)
     n = table.num_rows
     seq: list = [None] * n
+    kl: list = [None] * n
     tok_c: list = [None] * n
     tok_r: list = [None] * n
     for s in range(0, len(data.groups), batch_size):
@@ -47,10 +65,15 @@ def compute_reference(lm, tokenizer, table: pa.Table, *, max_length: int, device
         out = group_logps(model, part, pad_id=tokenizer.pad_token_id, device=device, token_budget=token_budget,
                           with_tokens=with_tokens)
         sums = out.sums.double().cpu().tolist()
+        if data.kl_groups is not None:  # unpaired: the same rows' KL samples
+            kl_out = group_logps(model, data.kl_groups[s:s + batch_size], pad_id=tokenizer.pad_token_id,
+                                 device=device, token_budget=token_budget).sums.double().cpu().tolist()
         i = 0
         for g in part:
             k = len(g.response_ids)
             seq[g.row] = sums[i:i + k]
+            if data.kl_groups is not None:
+                kl[g.row] = kl_out[i:i + k]
             if with_tokens and data.kind == "pairs":
                 cnt = out.counts[i:i + 2].tolist()
                 tok_c[g.row] = out.tokens[i, :cnt[0]].double().cpu().tolist()
@@ -59,6 +82,12 @@ def compute_reference(lm, tokenizer, table: pa.Table, *, max_length: int, device
         if progress is not None:
             progress(len(part))
     lm.train(was_training)
+    if data.kind == "unpaired":
+        k = data.columns["label"].shape[1]
+        names = unpaired_ref_columns("unpaired" if k == 1 else "pairs")
+        vals = [seq] * k + [kl] * k
+        return {c: pa.array([None if v is None else v[j % k] for v in vals[j]], pa.float64())
+                for j, c in enumerate(names)}
     if data.kind == "pairs":
         cols = {PAIR_REF[0]: pa.array([None if v is None else v[0] for v in seq], pa.float64()),
                 PAIR_REF[1]: pa.array([None if v is None else v[1] for v in seq], pa.float64())}
@@ -80,10 +109,10 @@ def with_columns(table: pa.Table, cols: dict[str, pa.Array]) -> pa.Table:
 
 def ensure_reference(ds: DatasetHandle, *, lm, tokenizer, model_id: str, max_length: int, device,
                      with_tokens: bool, cache_dir: Path, batch_size: int = 16, token_budget: int = 8192,
-                     progress=None) -> tuple[DatasetHandle, dict]:
+                     progress=None, options: DataOptions | None = None) -> tuple[DatasetHandle, dict]:
     """Make sure `ds` carries reference log-probs of `model_id`; returns the (possibly new) dataset and a
     status dict {"status": "computed"|"skipped", "ref": name@version or cache path, "reference": identity}."""
-    ident = reference_identity(model_id, lm.config, tokenizer, max_length, with_tokens)
+    ident = reference_identity(model_id, lm.config, tokenizer, max_length, with_tokens, options)
     if ds.name is not None:
         cat = open_catalog(ds.catalog_path)
         # this version, or a later one made from it by the same reference pass, already has the columns
@@ -99,7 +128,7 @@ def ensure_reference(ds: DatasetHandle, *, lm, tokenizer, model_id: str, max_len
                 return found, {"status": "skipped", "ref": found.ref, "reference": ident}
         cols = compute_reference(lm, tokenizer, ds.table, max_length=max_length, device=device,
                                  batch_size=batch_size, token_budget=token_budget, with_tokens=with_tokens,
-                                 progress=progress)
+                                 progress=progress, options=options)
         table = with_columns(ds.table, cols)
         rows_kept = sum(v is not None for v in next(iter(cols.values())).to_pylist())
         lineage = {"builder": "reference_pass", "recipe": "training.reference",
@@ -118,7 +147,8 @@ def ensure_reference(ds: DatasetHandle, *, lm, tokenizer, model_id: str, max_len
         return DatasetHandle(table, ref=ds.ref, path=ds.path), {"status": "skipped", "ref": str(cache),
                                                                "reference": ident}
     cols = compute_reference(lm, tokenizer, ds.table, max_length=max_length, device=device, batch_size=batch_size,
-                             token_budget=token_budget, with_tokens=with_tokens, progress=progress)
+                             token_budget=token_budget, with_tokens=with_tokens, progress=progress,
+                             options=options)
     table = with_columns(ds.table, cols)
     table = table.replace_schema_metadata({**(table.schema.metadata or {}),
                                            b"prefdata.reference": json.dumps(ident).encode()})
