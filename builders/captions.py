@@ -12,7 +12,13 @@ Rule-based perturbation operates on words: drop, adjacent swap, span shuffle and
 of attributes (colour, size, number, material) and nouns from a small built-in lexicon. Each op acts on
 round(rate × words) positions (at least one); the achieved word-level edit rate is stored per pair
 (`perturb_rate`), so what a level really did is measurable rather than assumed. A perturbation that
-leaves the caption unchanged is dropped and counted (the paper rejects c^l == c^w)."""
+leaves the caption unchanged is dropped and counted (the paper rejects c^l == c^w).
+
+`perturber: llm` asks an LLM for each (caption, level) instead, through the generation backends
+(builders/caption_paraphrase.py); an unusable reply drops that variant, or with `fallback: rules` the rules
+make it. `perturbed_by` records which path produced each c^l (rules | llm; null for source `caption`).
+Row accounting is per input row (kept when at least one level gave a pair); info["variants"] accounts
+per (row, level): requested == made + Σ dropped[reason]."""
 from __future__ import annotations
 
 import hashlib
@@ -22,9 +28,10 @@ from typing import ClassVar, Literal
 import numpy as np
 import polars as pl
 import pyarrow as pa
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from builders.base import Built, StepConfig, StepContext
+from builders.caption_paraphrase import LlmPerturber, clean, paraphrase, unusable, variant_key
 from builders.media import MediaDrop, MediaError, MediaStore, check_media, drop_summary
 from prefdata.errors import SchemaError
 from prefdata.schema import conform, validate
@@ -171,8 +178,23 @@ class DcpoConfig(StepConfig, frozen=True):
     source: Literal["perturb", "caption", "hybrid"] = "perturb"
     levels: list[Level] = Field(default_factory=lambda: ["weak", "medium", "strong"])
     level_ops: dict[Level, list[OpSpec]] = Field(default_factory=lambda: dict(DEFAULT_LEVELS))
+    perturber: Literal["rules", "llm"] = "rules"  # how perturb / hybrid make c^l
+    llm: LlmPerturber | None = None               # the paraphraser (perturber: llm)
+    fallback: Literal["drop", "rules"] = "drop"   # an unusable LLM reply: drop the variant, or use the rules
     check_media: bool = True                      # decode each image once; unreadable rows are dropped
     seed: int | None = None
+
+    @model_validator(mode="after")
+    def _perturber(self):
+        if self.perturber == "llm":
+            if self.llm is None:
+                raise ValueError("perturber 'llm' needs an `llm` section (model, sampling, prompts)")
+            missing = [lv for lv in self.levels if lv not in self.llm.prompts]
+            if missing:
+                raise ValueError(f"llm.prompts has no instruction for level(s) {missing}")
+        elif self.llm is not None or self.fallback != "drop":
+            raise ValueError("`llm` and `fallback` apply only with perturber: llm")
+        return self
 
 
 def build_dcpo(frame: pl.LazyFrame, cfg: DcpoConfig, ctx: StepContext) -> Built:
@@ -187,8 +209,9 @@ def build_dcpo(frame: pl.LazyFrame, cfg: DcpoConfig, ctx: StepContext) -> Built:
     for c in need:
         if c not in df.columns:
             raise SchemaError(f"dcpo: input has no column {c!r} (have {df.columns})", column=c)
+    rules_needed = cfg.source != "caption" and (cfg.perturber == "rules" or cfg.fallback == "rules")
     for lv in cfg.levels:
-        if lv not in cfg.level_ops and cfg.source != "caption":
+        if rules_needed and lv not in cfg.level_ops:
             raise SchemaError(f"dcpo: level {lv!r} has no ops in level_ops")
     seed = ctx.seed if cfg.seed is None else cfg.seed
     store = MediaStore.for_context(ctx)
@@ -218,15 +241,14 @@ def build_dcpo(frame: pl.LazyFrame, cfg: DcpoConfig, ctx: StepContext) -> Built:
             unreadable[u] = str(e)
             return None
 
-    rows, bad = [], []
+    bad: list[MediaDrop] = []
     drops: dict[str, int] = {}
-    kept = 0
 
-    def drop(reason: str):
-        drops[reason] = drops.get(reason, 0) + 1
+    def drop(reason: str, into: dict[str, int] = drops):
+        into[reason] = into.get(reason, 0) + 1
 
-    # `caption` source has one variant per row (no levels); perturb/hybrid emit one pair per level
-    levels = ["caption"] if cfg.source == "caption" else cfg.levels
+    # pass 1: rows with readable media and captions
+    good: list[tuple[int, str, str]] = []
     for i in range(df.height):
         if img_w[i] is None or img_l[i] is None or not cap_w[i] or (cfg.source != "perturb" and not cap_l_src[i]):
             drop("missing image or caption")
@@ -238,36 +260,78 @@ def build_dcpo(frame: pl.LazyFrame, cfg: DcpoConfig, ctx: StepContext) -> Built:
             bad.append(MediaDrop(i, col, str(store.resolve(f)), unreadable[f]))
             drop("unreadable media")
             continue
-        made = 0
+        good.append((i, uw, ul))
+
+    # pass 2: one c^l per (row, level); LLM requests go out together, in batches
+    levels = ["caption"] if cfg.source == "caption" else cfg.levels   # `caption`: one variant, no levels
+    base = {i: cap_w[i] if cfg.source == "perturb" else cap_l_src[i] for i, _, _ in good}
+    keys = {(i, lv): variant_key(seed, i, img_w[i], base[i], lv) for i, _, _ in good for lv in levels}
+    replies, llm_info = ({}, {})
+    if cfg.perturber == "llm" and cfg.source != "caption":
+        jobs = [(keys[i, lv], base[i], lv) for i, _, _ in good for lv in levels]
+        replies, llm_info = paraphrase(jobs, cfg.llm, seed, ctx)
+
+    def rules(i: int, lv: str) -> str:
+        return perturb(base[i], cfg.level_ops[lv], _rng(seed, img_w[i], cap_w[i], lv, str(i)))
+
+    rows: list[dict] = []
+    variant_drops: dict[str, int] = {}
+    rejects: list[dict] = []
+    kept = 0
+    for i, uw, ul in good:
+        reasons = []
         for stage, lv in enumerate(levels):
-            base = cap_w[i] if cfg.source == "perturb" else cap_l_src[i]
+            by: str | None = "rules"
             if cfg.source == "caption":
-                c_l = base
+                c_l, by = base[i], None
+            elif cfg.perturber == "rules":
+                c_l = rules(i, lv)
             else:
-                c_l = perturb(base, cfg.level_ops[lv], _rng(seed, img_w[i], cap_w[i], lv, str(i)))
+                raw, finish, asked = replies[keys[i, lv]]
+                c_l, by = clean(raw), "llm"
+                why = unusable(base[i], raw, c_l, finish, cfg.llm, asked)
+                if why is not None:
+                    if len(rejects) < 20:
+                        rejects.append({"row": i, "level": lv, "reason": why, "output": raw[:300]})
+                    if cfg.fallback == "drop":
+                        reasons.append(why)
+                        drop(why, variant_drops)
+                        continue
+                    c_l, by = rules(i, lv), "rules"
             if c_l.strip() == cap_w[i].strip():
+                reasons.append("perturbation left caption unchanged")
+                drop(reasons[-1], variant_drops)
                 continue
-            made += 1
             rows.append({"prompt": cap_w[i], "chosen": uw, "rejected": ul, "images": [uw, ul],
                          "caption": cap_w[i], "caption_rejected": c_l, "perturb_level": lv,
-                         "perturb_rate": word_edit_rate(cap_w[i], c_l), "stage": stage,
+                         "perturb_rate": word_edit_rate(cap_w[i], c_l), "perturbed_by": by, "stage": stage,
                          "strategy": f"dcpo:{cfg.source}" + ("" if cfg.source == "caption" else f":{lv}")})
-        if made:
+        if len(reasons) < len(levels):
             kept += 1
-        else:
-            drop("perturbation left caption unchanged")
+        else:   # no variant survived: the row is dropped for its variants' reason (one name when they agree)
+            drop(reasons[0] if len(set(reasons)) == 1 else "no usable perturbation at any level")
     table = _table(rows)
     validate(table, "pairs")
     per_level = {lv: sum(r["perturb_level"] == lv for r in rows) for lv in levels}
     mean_rate = {lv: float(np.mean([r["perturb_rate"] for r in rows if r["perturb_level"] == lv]))
                  for lv in levels if per_level[lv]}
+    by_counts = {k: sum(r["perturbed_by"] == k for r in rows) for k in ("rules", "llm")}
     summary = f"{len(rows)} dual-caption pairs (" + ", ".join(
         f"{lv} {per_level[lv]}, edit {mean_rate.get(lv, 0):.2f}" for lv in levels) + ")"
+    if cfg.perturber == "llm":
+        summary += f" · llm {by_counts['llm']}, rules fallback {by_counts['rules']}, " \
+                   f"variants dropped {sum(variant_drops.values())}"
     if bad:
         summary += f" · {drop_summary(bad)}"
+    info = {"per_level": per_level, "mean_edit_rate": mean_rate, "seed": seed,
+            "variants": {"requested": len(good) * len(levels), "made": len(rows), "dropped": variant_drops},
+            "perturbed_by": by_counts, "unreadable": [d.as_dict() for d in bad]}
+    if cfg.perturber == "llm":
+        info["llm"] = {**llm_info, "rejected_samples": rejects,
+                       "mean_edit_rate_llm": {lv: float(np.mean(v)) for lv in levels if (v := [
+                           r["perturb_rate"] for r in rows if r["perturb_level"] == lv and r["perturbed_by"] == "llm"])}}
     return Built(pl.from_arrow(table).lazy(), "pairs", drops=drops, rows_in=df.height, rows_kept=kept,
-                 info={"per_level": per_level, "mean_edit_rate": mean_rate, "seed": seed,
-                       "unreadable": [d.as_dict() for d in bad]}, summary=summary)
+                 info=info, summary=summary)
 
 
 def _sha(s: str) -> str:
@@ -292,5 +356,6 @@ def _table(rows: list[dict]) -> pa.Table:
         "caption_rejected": pa.array(col("caption_rejected"), pa.string()),
         "perturb_level": pa.array(col("perturb_level"), pa.string()),
         "perturb_rate": pa.array(col("perturb_rate"), pa.float64()),
+        "perturbed_by": pa.array(col("perturbed_by"), pa.string()),
     })
     return conform(t, "pairs")
