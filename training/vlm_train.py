@@ -250,7 +250,30 @@ class VlmTrainer:
                                           "config_sha256": state["config_sha256"], "output_dir": str(self.out_dir)})
         return final
 
+    def check_resumable(self) -> None:
+        """A resumed run must train on the same rows with the same settings: the plan's row indices and the
+        optimizer state mean nothing otherwise (only output_dir, save_every and log_every may change)."""
+        ckpts = checkpoint_dirs(self.out_dir)
+        if not ckpts:
+            return
+        state = json.loads((ckpts[-1] / "trainer_state.json").read_text())
+        if state.get("dataset") != self.dataset_ref:
+            raise PrefdataError(f"{ckpts[-1]} trained on {state.get('dataset')}, but the recipe's dataset is now "
+                                f"{self.dataset_ref}; pin the version it trained on (dataset: NAME@VERSION)")
+
+        def comparable(rec: dict) -> dict:
+            rec = {k: v for k, v in rec.items() if k != "output_dir"}
+            rec["train"] = {k: v for k, v in rec.get("train", {}).items() if k not in ("save_every", "log_every")}
+            return rec
+
+        old, new = comparable(state.get("recipe", {})), comparable(self.r.canonical())
+        changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        if changed:
+            raise PrefdataError(f"cannot resume {self.out_dir}: the recipe's {', '.join(changed)} differ from the "
+                                f"checkpoint's ({ckpts[-1].name}); resume with the recipe it was started with")
+
     def resume(self) -> int:
+        self.check_resumable()
         step, extra = load_latest_checkpoint(self.acc, self.out_dir, self.metrics_path)
         if extra:
             if extra.get("ref") is not None:

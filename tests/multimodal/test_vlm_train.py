@@ -21,7 +21,7 @@ import yaml
 
 from builders.base import StepContext
 from builders.images import MiaDpoConfig, build_mia_dpo
-from prefdata.errors import RecipeError
+from prefdata.errors import PrefdataError, RecipeError
 from training.data import open_dataset
 from training.run import train_from_recipe
 from training.vlm_recipe import load_vlm_recipe
@@ -139,6 +139,12 @@ def test_resume_from_a_checkpoint_reproduces_the_losses(tmp_path, mia, copy_run,
     assert state["config_sha256"] != res["config_sha256"]    # the recipe differs: its output_dir
     assert state["recipe"]["reference"]["source"] == source and state["recipe"]["loss"]["name"] == "dpo_sigmoid"
     assert state["reference"] == {"source": source} and state["metrics"]["step"] == 4
+    if source == "copy":   # a different recipe cannot resume it, and a plain rerun does not overwrite it
+        with pytest.raises(PrefdataError, match=r"recipe's loss differ"):
+            train_from_recipe(recipe(tmp_path, mia, "r3.yaml", output_dir=tmp_path / "stopped", **over,
+                                     loss={"name": "dpo_sigmoid", "beta": 0.3}), resume=True)
+        with pytest.raises(PrefdataError, match="already holds checkpoints"):
+            train_from_recipe(r2)
 
 
 def test_precomputed_reference_matches_the_frozen_copy(tmp_path, mia):
@@ -202,6 +208,12 @@ def test_sigkill_then_cli_resume_and_catalog_log(tmp_path, mia, copy_run):
     text = json.dumps(events)
     assert str(tmp_path / "killed" / "checkpoints" / "step-000004") in text
     assert any(e["kind"] == "train" and "mia@1" in json.dumps(e) for e in events), events
+
+    # a new version of mia: "mia" now means mia@2, and resuming the run trained on mia@1 is a one-line error
+    from catalog import Catalog
+    Catalog.open(mia.catalog).write("mia", mia.table.slice(0, 3), message="fewer rows", lineage={"builder": "test"})
+    res = CliRunner().invoke(app, ["train", str(killed), "--resume", "--catalog", str(mia.catalog)])
+    assert res.exit_code == 2 and "trained on mia@1" in res.output and "pin the version" in res.output, res.output
 
 
 def test_unreadable_and_mismatched_rows_are_counted_drops(tmp_path, mia):
