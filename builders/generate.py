@@ -4,8 +4,12 @@ Input: a `prompts` table (a prompt-only source: one row per prompt, its extra co
 `tests` carried by ingest) or any `responses` table, i.e. anything with `prompt` (and optionally
 `prompt_id`, `messages`, per-row parameter columns); one generation per distinct prompt_id (further rows of
 the same prompt are an accounted drop). Other prompt-level columns (e.g. `tests`, `caption_long`) are
-carried to every candidate; the input's response-level columns (response, score, images, ...) describe other
-responses and are not (info["not_carried"] lists them).
+carried to every candidate; the input's response-level columns (response, score, ...) describe other
+responses and are not (info["not_carried"] lists them with the reason).
+Media (`images`, `image`, `video`) belong to the prompt in a prompts table (a VLM question's images) and are
+carried, so an image dataset goes generate -> score -> pairs with its images. In a responses table they are
+carried only where every row of a prompt holds the same value (then they are the prompt's); per-response
+media are not. A diffusers model writes its own `images`, so the prompt's `images` are then not carried.
 Output per candidate: prompt_id, prompt, messages, response_id, response, model, seed, sample_index,
 gen_params struct, finish_reason, n_tokens (and `images` for diffusers models).
 
@@ -35,7 +39,8 @@ from builders.base import Built, StepConfig, StepContext
 from prefdata.errors import SchemaError
 
 _ROW_PARAMS = ("temperature", "top_p", "top_k", "max_new_tokens", "seed")
-_RESPONSE_LEVEL = ("response_id", "response", "model", "score", "scores", "rank", "images", "video")
+_RESPONSE_LEVEL = ("response_id", "response", "model", "score", "scores", "rank")
+_MEDIA = ("images", "image", "video")
 
 
 class GenerateConfig(StepConfig, frozen=True):
@@ -73,8 +78,20 @@ def candidate_id(prompt_id: str, model: str, k: int, seed: int) -> str:
     return hashlib.sha256(f"{prompt_id}|{model}|{k}|{seed}".encode()).hexdigest()
 
 
-def _prompts(frame: pl.LazyFrame, cfg: GenerateConfig) -> tuple[pl.DataFrame, int, dict[str, int]]:
-    """One row per prompt to generate for, with its prompt-level columns; (rows, rows_in, drops)."""
+def _media_not_carried(df: pl.DataFrame, cfg: GenerateConfig) -> dict[str, str]:
+    """Media columns of the input that are not the prompt's (column -> why)."""
+    out = {}
+    for c in (c for c in _MEDIA if c in df.columns):
+        if c == "images" and any(m.backend == "diffusers" for m in cfg.models):
+            out[c] = "replaced by the images a diffusers model generates"
+        elif "response" in df.columns and df.height and \
+                int(df.group_by("prompt_id").agg(pl.col(c).n_unique())[c].max()) > 1:
+            out[c] = "differs between rows of one prompt (per-response media)"
+    return out
+
+
+def _prompts(frame: pl.LazyFrame, cfg: GenerateConfig) -> tuple[pl.DataFrame, int, dict[str, int], dict[str, str]]:
+    """One row per prompt to generate for, with its prompt-level columns; (rows, rows_in, drops, not carried)."""
     df = frame.collect()
     if "prompt" not in df.columns:
         raise SchemaError("generate needs a 'prompt' column", column="prompt", expected="string")
@@ -86,6 +103,7 @@ def _prompts(frame: pl.LazyFrame, cfg: GenerateConfig) -> tuple[pl.DataFrame, in
         from prefdata.ingest.ids import prompt_ids
         df = df.with_columns(pl.Series("prompt_id", prompt_ids(df["prompt"].fill_null("").to_list())))
     drops: dict[str, int] = {}
+    not_carried = {c: "response-level" for c in _RESPONSE_LEVEL if c in df.columns} | _media_not_carried(df, cfg)
     empty = df["prompt"].is_null() | (df["prompt"].str.strip_chars() == "")
     if empty.any():
         drops["empty prompt"] = int(empty.sum())
@@ -93,7 +111,7 @@ def _prompts(frame: pl.LazyFrame, cfg: GenerateConfig) -> tuple[pl.DataFrame, in
     uniq = df.unique("prompt_id", keep="first", maintain_order=True)
     if uniq.height < df.height:
         drops["further row of an already generated prompt"] = df.height - uniq.height
-    return uniq.drop([c for c in _RESPONSE_LEVEL if c in uniq.columns]), rows_in, drops
+    return uniq.drop(list(not_carried)), rows_in, drops, not_carried
 
 
 def _requests(shard: pl.DataFrame, cfg: GenerateConfig, model: ModelSpec) -> tuple[list[GenRequest], list[dict]]:
@@ -153,7 +171,7 @@ def _key(cfg: GenerateConfig, prompts: pl.DataFrame) -> str:
 
 
 def build_generate(frame: pl.LazyFrame, cfg: GenerateConfig, ctx: StepContext) -> Built:
-    prompts, rows_in, drops = _prompts(frame, cfg)
+    prompts, rows_in, drops, not_carried = _prompts(frame, cfg)
     carried = prompts.drop([c for c in cfg.row_params if c in prompts.columns and c != "prompt_id"])
     scratch = ctx.work_dir is None
     work = Path(tempfile.mkdtemp(prefix="prefdata-gen-")) if scratch else Path(ctx.work_dir)
@@ -186,7 +204,6 @@ def build_generate(frame: pl.LazyFrame, cfg: GenerateConfig, ctx: StepContext) -
         if scratch:
             shutil.rmtree(work, ignore_errors=True)
     out = _assemble(gen, carried)
-    not_carried = [c for c in _RESPONSE_LEVEL if c in frame.collect_schema().names()]
     info = {"prompts": prompts.height, "candidates": out.height, "shards": n_shards,
             **({"not_carried": not_carried} if not_carried else {}),
             "shards_resumed": resumed, "models": [m.name for m in cfg.models], "n": cfg.n,

