@@ -187,6 +187,8 @@ class DcpoConfig(StepConfig, frozen=True):
     @model_validator(mode="after")
     def _perturber(self):
         if self.perturber == "llm":
+            if self.source == "caption":
+                raise ValueError("perturber 'llm' perturbs captions: use source perturb or hybrid, not caption")
             if self.llm is None:
                 raise ValueError("perturber 'llm' needs an `llm` section (model, sampling, prompts)")
             missing = [lv for lv in self.levels if lv not in self.llm.prompts]

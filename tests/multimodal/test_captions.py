@@ -158,6 +158,9 @@ def test_llm_perturber_config_is_validated_at_parse_time(tmp_path):
         DcpoConfig(perturber="llm")
     with pytest.raises(pydantic.ValidationError, match="only with perturber: llm"):
         DcpoConfig(fallback="rules")
+    with pytest.raises(pydantic.ValidationError, match="not caption"):
+        DcpoConfig.model_validate({"perturber": "llm", "source": "caption", "loser_caption_column": "c",
+                                   "llm": _llm(tmp_path)})
     with pytest.raises(pydantic.ValidationError, match=r"must contain \{caption\}"):
         DcpoConfig.model_validate({"perturber": "llm", "llm": _llm(tmp_path, prompts={"weak": "Change it."})})
     with pytest.raises(pydantic.ValidationError, match="unknown field"):

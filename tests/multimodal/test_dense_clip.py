@@ -121,7 +121,7 @@ def test_hf_clip_frame_scores_match_a_direct_clip_computation(ctx, hf_clip_tiny,
     model, proc = CLIPModel.from_pretrained(hf_clip_tiny).eval(), CLIPProcessor.from_pretrained(hf_clip_tiny)
     frames = {v: read_video(data_dir / v, max_frames=20)[0] for v in (P, D)}
     with torch.no_grad():
-        t = model.get_text_features(**proc(text=[CAPTION], return_tensors="pt", padding=True))
+        t = model.get_text_features(**proc(text=[CAPTION], return_tensors="pt", padding=True, truncation=True))
         t = torch.nn.functional.normalize((t if torch.is_tensor(t) else t.pooler_output).float(), dim=-1)[0]
         seg = {}
         for v, f in frames.items():
