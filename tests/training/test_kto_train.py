@@ -201,6 +201,9 @@ def test_example_recipe_through_the_cli(tmp_path, tiny_model_dir):
 
     cat = tmp_path / "cat"
     run_recipe(ROOT / "examples" / "recipes" / "arena_best_vs_worst.yaml", Catalog.open(cat), progress=False)
+    # the test budget: a 12-pair version of the built dataset (the recipe reads the latest version)
+    c = Catalog.open(cat)
+    c.write("arena-best-vs-worst", c.read("arena-best-vs-worst").slice(0, 12), message="test subset")
     r = yaml.safe_load((ROOT / "examples" / "recipes" / "train_kto.yaml").read_text())
     # the bundled recipe as is, except a smaller model and fewer steps (the test budget)
     r.update(model=str(tiny_model_dir), make_tiny_model=False, reference={"model": str(tiny_model_dir)},
@@ -215,6 +218,6 @@ def test_example_recipe_through_the_cli(tmp_path, tiny_model_dir):
     m = _metrics(tmp_path / "run")
     assert [x["step"] for x in m] == [1, 2] and "loss/kto_z0" in m[0]
     versions = Catalog.open(cat).versions("arena-best-vs-worst")
-    assert len(versions) == 2   # the reference pass wrote a new version with the KL samples' columns
+    assert len(versions) == 3   # the reference pass wrote a new version with the KL samples' columns
     cols = Catalog.open(cat).read("arena-best-vs-worst").column_names
     assert {"ref_logp_chosen", "ref_logp_rejected", "ref_logp_kl_chosen", "ref_logp_kl_rejected"} <= set(cols)
