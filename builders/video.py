@@ -168,10 +168,14 @@ def aug_noise(clip: np.ndarray, s: float, rng: np.random.Generator) -> np.ndarra
     levels = np.rint(_NORMAL_LEVELS * 60.0 * s)
     plus = np.clip(levels, 0, 255).astype(np.uint8)
     minus = np.clip(-levels, 0, 255).astype(np.uint8)
-    u = rng.integers(0, 256, size=clip.shape, dtype=np.uint8)
-    flat = clip.reshape(-1, clip.shape[-1])          # one 2-D view: OpenCV's element-wise ops in one call each
-    out = cv2.add(flat, cv2.LUT(u.reshape(flat.shape), plus))
-    cv2.subtract(out, cv2.LUT(u.reshape(flat.shape), minus), dst=out)
+    t, h, w, c = clip.shape
+    rows = clip.reshape(t, h, w * c)     # single-channel rows: OpenCV's fastest element-wise layout
+    out = np.empty_like(rows)
+    part = np.empty((h, w * c), np.uint8)
+    for i in range(t):                   # frame by frame: the temporaries stay in cache on large frames
+        u = rng.integers(0, 256, size=(h, w * c), dtype=np.uint8)
+        cv2.add(rows[i], cv2.LUT(u, plus, dst=part), dst=out[i])
+        cv2.subtract(out[i], cv2.LUT(u, minus, dst=part), dst=out[i])
     return out.reshape(clip.shape)
 
 
