@@ -185,3 +185,11 @@ def test_noise_is_gaussian_with_the_stated_std():
         assert abs((n < 0).mean() - (n > 0).mean()) < 0.01       # symmetric about 0
     edge = np.zeros((2, 32, 32, 3), np.uint8)              # saturation: never wraps around below 0
     assert augment(edge, "noise", 0.9, np.random.default_rng(2)).min() == 0
+
+
+def test_clip_distance_is_the_mean_absolute_difference():
+    g = np.random.default_rng(4)
+    a, b = (g.integers(0, 256, size=(3, 7, 5, 3), dtype=np.uint8) for _ in range(2))
+    ref = np.abs(a.astype(np.float64) - b.astype(np.float64)).mean() / 255.0
+    assert clip_distance(a, b) == ref and clip_distance(a, a) == 0.0
+    assert clip_distance(np.zeros_like(a), np.full_like(a, 255)) == 1.0
