@@ -38,6 +38,9 @@ from prefdata.errors import SchemaError
 Strategy = Literal["best_vs_worst", "best_vs_all", "all_pairs", "adjacent", "curry"]
 DECIMALS = 12                                            # margins are rounded (see module doc)
 PROMPT_LEVEL = ("prompt_id", "prompt", "messages")       # shared by chosen and rejected
+# media that belongs to the prompt when it is the same for every response of a prompt (generate carries the
+# prompt's images onto each response): one `images` column then, the pairs contract's (and TRL's VLM) form
+PROMPT_MEDIA = ("images", "image", "video")
 RENAMED = {"response": ("chosen", "rejected"), "response_id": ("chosen_id", "rejected_id"),
            "score": ("score_chosen", "score_rejected")}
 
@@ -238,14 +241,24 @@ def _mark(n: int, where: np.ndarray, rows: list[np.ndarray]) -> np.ndarray:
     return flag
 
 
+def prompt_media(df: pl.DataFrame) -> list[str]:
+    """PROMPT_MEDIA columns whose value is one per prompt (so chosen and rejected always share it)."""
+    cols = [c for c in PROMPT_MEDIA if c in df.columns]
+    if not cols or "prompt_id" not in df.columns:
+        return []
+    n = df.group_by("prompt_id").agg(pl.col(c).n_unique() for c in cols).select(pl.col(cols).max()).row(0)
+    return [c for c, k in zip(cols, n, strict=True) if k is not None and k <= 1]
+
+
 def pair_output(df: pl.DataFrame, sel: pl.DataFrame, strategy: str) -> pl.DataFrame:
     """Gather chosen/rejected rows into the pairs contract; per-response extras become X_chosen / X_rejected."""
     base = df.drop(ROW, "__drop", strict=False)
+    shared = [c for c in PROMPT_LEVEL if c in base.columns] + prompt_media(base)
     chosen = base[sel["c"]]
-    rejected = base.drop([c for c in PROMPT_LEVEL if c in base.columns])[sel["r"]]   # prompt columns: once
-    cols: dict[str, pl.Series] = {c: chosen[c] for c in PROMPT_LEVEL if c in base.columns}
+    rejected = base.drop(shared)[sel["r"]]   # prompt columns: once
+    cols: dict[str, pl.Series] = {c: chosen[c] for c in shared}
     for col in base.columns:
-        if col in PROMPT_LEVEL:
+        if col in shared:
             continue
         a, b = RENAMED.get(col, (f"{col}_chosen", f"{col}_rejected"))
         cols[a], cols[b] = chosen[col], rejected[col]

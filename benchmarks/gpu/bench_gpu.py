@@ -71,7 +71,8 @@ def _mem() -> float:
     return torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
 
 
-def worker_ours(model, data, out, steps, batch, max_length, device, token_budget=None, grad_ckpt=False) -> dict:
+def worker_ours(model, data, out, steps, batch, max_length, device, token_budget=None, grad_ckpt=False,
+                layout="auto") -> dict:
     import yaml
 
     from training.run import train_from_recipe
@@ -79,7 +80,7 @@ def worker_ours(model, data, out, steps, batch, max_length, device, token_budget
               "reference": {"model": model},
               "train": {"batch_size": batch, "max_length": max_length, "lr": 1e-6, "warmup_ratio": 0.0,
                         "max_steps": steps, "seed": 0, "mixed_precision": "bf16" if device == "cuda" else "no",
-                        "token_budget": token_budget, "grad_checkpointing": grad_ckpt}}
+                        "token_budget": token_budget, "grad_checkpointing": grad_ckpt, "layout": layout}}
     p = Path(out + ".yaml")
     p.write_text(yaml.safe_dump(recipe))
     train_from_recipe(p)
@@ -143,12 +144,14 @@ def main() -> None:
     ap.add_argument("--skip-trl-online-ref", action="store_true", help="only TRL's precompute setting")
     ap.add_argument("--token-budget", default="auto", help="ours: padded tokens per sub-batch (auto: from free memory)")
     ap.add_argument("--grad-checkpointing", action="store_true", help="ours: gradient checkpointing (TRL's default)")
+    ap.add_argument("--layout", nargs="+", default=["auto"], choices=["auto", "shared", "rows"],
+                    help="ours: packing layout(s); several run ours once per layout in the same call")
     a = ap.parse_args()
     if a.worker:
         kind, model, data, out, steps, batch, max_length, device = a.worker[:8]
         args = (model, data, out, int(steps), int(batch), int(max_length), device)
-        r = worker_ours(*args, token_budget=parse_budget(a.token_budget), grad_ckpt=a.grad_checkpointing) \
-            if kind == "ours" else worker_trl(*args, precompute=(kind == "trl_pre"))
+        r = worker_ours(*args, token_budget=parse_budget(a.token_budget), grad_ckpt=a.grad_checkpointing,
+                        layout=a.layout[0]) if kind == "ours" else worker_trl(*args, precompute=(kind == "trl_pre"))
         print(json.dumps(r))
         return
     import torch
@@ -161,13 +164,15 @@ def main() -> None:
         tpp = trl_tokens_per_pair(str(model), str(DATA), a.max_length)
         common = [str(model), str(DATA)]
         res = {}
-        kinds = ["ours", "trl_pre"] + ([] if a.skip_trl_online_ref else ["trl"])
-        for kind in kinds:
-            res[kind] = run_worker([kind, *common, str(tmp / kind), str(a.steps), str(a.batch),
+        runs = [(f"ours_{lay}" if len(a.layout) > 1 else "ours", "ours", lay) for lay in a.layout]
+        runs += [(k, k, None) for k in ["trl_pre"] + ([] if a.skip_trl_online_ref else ["trl"])]
+        for name, kind, lay in runs:
+            res[name] = run_worker([kind, *common, str(tmp / name), str(a.steps), str(a.batch),
                                     str(a.max_length), a.device, "--token-budget", a.token_budget,
+                                    *(["--layout", lay] if lay else []),
                                     *(["--grad-checkpointing"] if a.grad_checkpointing else [])], a.trl_path)
         out = {"bench": "train_gpu", "device": gpu, "shape": a.shape, "params": n_params, "batch": a.batch,
-               "ours_token_budget": a.token_budget, "ours_grad_checkpointing": a.grad_checkpointing,
+               "ours_token_budget": a.token_budget, "ours_layouts": a.layout, "ours_grad_checkpointing": a.grad_checkpointing,
                "max_length": a.max_length, "steps": a.steps, "trl_tokens_per_pair": tpp}
         for k, r in res.items():
             if "error" in r:
@@ -179,11 +184,15 @@ def main() -> None:
             if "tokens_run" in r:
                 out[k]["tokens_run_per_s"] = sum(r["tokens_run"][1:]) / sum(r["step_times"][1:])
         trls = [k for k in ("trl_pre", "trl") if "pairs_per_s" in out.get(k, {})]
-        if "pairs_per_s" in out["ours"] and trls:
+        for name in (n for n, kind, _ in runs if kind == "ours"):
+            if "pairs_per_s" not in out[name] or not trls:
+                continue
             best = max(trls, key=lambda k: out[k]["pairs_per_s"])
-            out["tokens_per_s_ratio_vs_best_trl"] = out["ours"]["tokens_per_s"] / out[best]["tokens_per_s"]
-            out["peak_mem_ratio_vs_trl_precompute"] = (out["ours"]["peak_mem_mb"] / out["trl_pre"]["peak_mem_mb"]
-                                                       if "trl_pre" in trls and out["ours"]["peak_mem_mb"] else None)
+            sfx = name.removeprefix("ours")
+            out["tokens_per_s_ratio_vs_best_trl" + sfx] = out[name]["tokens_per_s"] / out[best]["tokens_per_s"]
+            out["peak_mem_ratio_vs_trl_precompute" + sfx] = (
+                out[name]["peak_mem_mb"] / out["trl_pre"]["peak_mem_mb"]
+                if "trl_pre" in trls and out[name]["peak_mem_mb"] else None)
             out["best_trl_setting"] = best
         print(json.dumps(out), flush=True)
 

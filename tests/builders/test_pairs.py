@@ -208,3 +208,16 @@ def test_seeded_keys_are_a_stable_hash():
               [("x", "1"), ("x", "2"), ("y", "1")]]
     assert keys == single
     assert seeded_keys(pl.DataFrame({"p": ["x"], "r": ["1"]}), ["p", "r"], 8).item() != keys[0]
+
+
+def test_media_is_prompt_level_only_when_one_per_prompt(ctx):
+    same = responses({"p": [2, 1], "q": [3, 0]}).with_columns(
+        images=pl.Series([["a.png"], ["a.png"], ["b.png"], ["b.png"]]))
+    out = check(build_pairs(same.lazy(), PairsConfig(), ctx), 4)
+    assert "images" in out.columns and "images_chosen" not in out.columns
+    assert dict(zip(out["prompt_id"], out["images"].to_list(), strict=True)) == {"p": ["a.png"], "q": ["b.png"]}
+    # a response with its own image: both sides are kept (nothing merged away)
+    differ = same.with_columns(images=pl.Series([["a.png"], ["a2.png"], ["b.png"], ["b.png"]]))
+    out = check(build_pairs(differ.lazy(), PairsConfig(), ctx), 4)
+    assert "images" not in out.columns
+    assert out.filter(pl.col("prompt_id") == "p").row(0, named=True)["images_rejected"] == ["a2.png"]

@@ -69,6 +69,7 @@ def test_bundled_multimodal_recipes_parse():
 
     from prefdata.recipe import load_recipe
     recipes = sorted((Path(__file__).resolve().parents[2] / "examples" / "recipes").glob("mm_*.yaml"))
+    recipes = [p for p in recipes if "vlm:" not in p.read_text()]   # training recipes are not build recipes
     assert len(recipes) == 4
     for p in recipes:
         r = load_recipe(p)

@@ -78,7 +78,7 @@ def test_image_prompts_generate_score_pairs_build(tiny_chat_lm, tiny_open_clip, 
     pairs = pl.from_arrow(Catalog.open(tmp_path / "cat").read("vlm-caption-pairs"))
     assert res.kind == "pairs" and 0 < pairs.height <= 3
     want = {f"Describe image {k}.": [str(IMAGES / f)] for k, f in enumerate(files)}
-    # the pairs step keeps per-response columns once per side; both sides hold the prompt's image
+    # the image is the same for every response of a prompt, so the pairs step keeps it once (prompt level)
     for r in pairs.iter_rows(named=True):
-        assert r["images_chosen"] == r["images_rejected"] == want[r["prompt"]]
+        assert r["images"] == want[r["prompt"]]   # one per prompt: the pairs contract's (and TRL's) column
         assert r["score_chosen"] > r["score_rejected"]
