@@ -86,11 +86,20 @@ def collate_pairs(processor, rows: list[dict], paths: MediaPaths, *, max_length:
     ids = torch.tensor([s + [pad] * (L - len(s)) for s in seqs])
     att = torch.tensor([[1] * len(s) + [0] * (L - len(s)) for s in seqs])
     rm = torch.tensor([m + [False] * (L - len(m)) for m in resp])
-    pix = torch.cat([e["pixel_values"] for e in encs])
-    extra = {k: torch.cat([e[k] for e in encs]) for k in encs[0]
-             if k not in ("input_ids", "attention_mask", "pixel_values", "token_type_ids")}
     # the images of the chosen rows, then the same images again for the rejected rows (sequence order)
-    return VlmBatch(ids, att, rm, torch.cat([pix, pix]), {k: torch.cat([v, v]) for k, v in extra.items()})
+    pix = torch.cat([e["pixel_values"] for e in encs])
+    extra = {}
+    for k in encs[0]:
+        if k in ("input_ids", "attention_mask", "pixel_values", "token_type_ids"):
+            continue
+        if all(e[k].dim() == 2 and e[k].shape == e["input_ids"].shape for e in encs):
+            # per-token (e.g. Qwen2-VL's mm_token_type_ids): response and padding tokens are text, 0
+            per_row = [e[k][0] for e in encs] * 2
+            extra[k] = torch.stack([torch.nn.functional.pad(v, (0, L - len(v))) for v in per_row])
+        else:   # per-image (e.g. image_grid_thw)
+            v = torch.cat([e[k] for e in encs])
+            extra[k] = torch.cat([v, v])
+    return VlmBatch(ids, att, rm, torch.cat([pix, pix]), extra)
 
 
 def _base(model: nn.Module) -> nn.Module:

@@ -1,4 +1,5 @@
-"""A tiny random-weight LLaVA (CLIP vision tower + Llama) with its own BPE tokenizer, built offline.
+"""Tiny random-weight VLMs with their own BPE tokenizer, built offline: a LLaVA (CLIP vision tower + Llama) and
+a Qwen2-VL (for the other processor layout).
 
 Used by the VLM tests and `examples/recipes/mm_vlm_train.yaml` (recipe key `vlm.make_tiny_model: true`) so
 multi-image DPO runs end to end on a CPU without downloading anything. The tokenizer is trained on the given
@@ -52,15 +53,51 @@ def tiny_llava(texts: Iterable[str], *, vocab_size: int = 1000, seed: int = 0):
     return LlavaForConditionalGeneration(cfg), proc
 
 
-def make_tiny_vlm(out_dir: str | Path, texts: Iterable[str], *, vocab_size: int = 1000, seed: int = 0) -> Path:
-    """Build `tiny_llava(texts)` and save model + processor to `out_dir` (loadable with from_pretrained)."""
+QWEN_IMAGE_TEXT = "<|vision_start|><|image_pad|><|vision_end|>"   # recipe `vlm.image_text` for Qwen2-VL
+
+
+def tiny_qwen2_vl(texts: Iterable[str], *, vocab_size: int = 1000, seed: int = 0):
+    """(model, processor): a random Qwen2-VL (M-RoPE, 14 px patches merged 2x2; images resized to 28..56 px) —
+    the other processor/model family: flattened patches, `image_grid_thw`, per-token `mm_token_type_ids`."""
+    from transformers import (
+        Qwen2VLConfig,
+        Qwen2VLForConditionalGeneration,
+        Qwen2VLImageProcessor,
+        Qwen2VLProcessor,
+        Qwen2VLVideoProcessor,
+    )
+    tok = train_tokenizer(texts, vocab_size)
+    special = ["<|vision_start|>", "<|image_pad|>", "<|vision_end|>", "<|video_pad|>"]
+    tok.add_special_tokens({"additional_special_tokens": special})
+    sid = {t: tok.convert_tokens_to_ids(t) for t in special}
+    proc = Qwen2VLProcessor(image_processor=Qwen2VLImageProcessor(min_pixels=28 * 28, max_pixels=56 * 56),
+                            tokenizer=tok, video_processor=Qwen2VLVideoProcessor(), chat_template=None)
+    cfg = Qwen2VLConfig(
+        text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=2, bos_token_id=tok.bos_token_id,
+                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                         rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]}),
+        vision_config=dict(depth=1, embed_dim=32, hidden_size=32, num_heads=2, mlp_ratio=2, patch_size=14,
+                           spatial_merge_size=2, temporal_patch_size=2, in_channels=3),
+        image_token_id=sid["<|image_pad|>"], video_token_id=sid["<|video_pad|>"],
+        vision_start_token_id=sid["<|vision_start|>"], vision_end_token_id=sid["<|vision_end|>"],
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    torch.manual_seed(seed)
+    return Qwen2VLForConditionalGeneration(cfg), proc
+
+
+def make_tiny_vlm(out_dir: str | Path, texts: Iterable[str], *, vocab_size: int = 1000, seed: int = 0,
+                  family: str = "llava") -> Path:
+    """Build a tiny random model of `family` (llava | qwen2_vl) for `texts` and save model + processor to
+    `out_dir` (loadable with from_pretrained)."""
     out = Path(out_dir)
-    model, proc = tiny_llava(texts, vocab_size=vocab_size, seed=seed)
+    build = {"llava": tiny_llava, "qwen2_vl": tiny_qwen2_vl}[family]
+    model, proc = build(texts, vocab_size=vocab_size, seed=seed)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     proc.save_pretrained(out)
     (out / "TINY_MODEL.json").write_text(json.dumps(
-        {"what": "random-init LLaVA built by training/vlm_tiny.py; not a trained model", "seed": seed,
+        {"what": f"random-init {family} built by training/vlm_tiny.py; not a trained model", "seed": seed,
          "parameters": sum(p.numel() for p in model.parameters()), **TINY_VLM_SHAPE}, indent=2))
     return out
 

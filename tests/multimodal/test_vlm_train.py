@@ -255,3 +255,28 @@ def test_recipe_errors_are_one_line_and_name_the_path(tmp_path, mia, over, where
     msg = str(e.value)
     assert "\n" not in msg and f"{where}:" in msg and words in msg, msg
     assert not (tmp_path / "run").exists()   # nothing ran
+
+
+def test_qwen2_vl_style_model_trains_through_the_same_recipe(tmp_path, mia):
+    """The other processor layout: flattened patches + image_grid_thw + per-token mm_token_type_ids, M-RoPE,
+    and a different image placeholder (vlm.image_text)."""
+    from training.vlm import collate_pairs
+    from training.vlm_tiny import QWEN_IMAGE_TEXT
+
+    model_dir = make_tiny_vlm(tmp_path / "tiny-qwen", texts_of_rows(mia.table.to_pylist()), family="qwen2_vl")
+    two = tmp_path / "two.parquet"   # a fixed batch: the loss must fall
+    pq.write_table(mia.table.slice(0, 2), two)
+    r = recipe(tmp_path, mia, dataset=two, loss={"name": "ipo", "tau": 0.5}, train={"max_steps": 3},
+               vlm={"model": str(model_dir), "image_text": QWEN_IMAGE_TEXT, "media_root": str(mia.catalog)})
+    rec = load_vlm_recipe(r)
+    ds = open_dataset(rec.dataset)
+    _, proc = load_vlm(str(model_dir))
+    b = collate_pairs(proc, ds.table.to_pylist(), media_paths(rec, ds), image_text=QWEN_IMAGE_TEXT)
+    pad_id = proc.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    # every image's merged patches (t*h*w / 2x2) became image tokens, for chosen and rejected alike
+    assert int((b.input_ids == pad_id).sum()) == int(b.extra["image_grid_thw"].prod(-1).sum()) // 4
+    assert b.extra["mm_token_type_ids"].shape == b.input_ids.shape
+    res = train_from_recipe(r)
+    m = metrics(Path(res["output_dir"]))
+    assert [x["step"] for x in m] == [1, 2, 3] and abs(m[0]["loss"] - 1.0) < 1e-6   # IPO: (0 - 1/(2 tau))^2
+    assert m[-1]["loss"] < m[0]["loss"]
