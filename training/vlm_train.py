@@ -173,10 +173,12 @@ class VlmTrainer:
         self.with_tokens = "token_logps" in self.spec.needs
         self.metrics_path = out_dir / "metrics.jsonl"
 
-    def batch(self, idx) -> VlmBatch:
+    def batch(self, idx) -> tuple[VlmBatch, int]:
+        """The micro-batch on the device, and its non-padding token count (counted on the host: no GPU sync)."""
         rows = [self.data.rows[i] for i in idx]
-        return collate_pairs(self.proc, rows, self.paths, max_length=self.r.train.max_length,
-                             image_text=self.r.vlm.image_text).to(self.acc.device)
+        b = collate_pairs(self.proc, rows, self.paths, max_length=self.r.train.max_length,
+                          image_text=self.r.vlm.image_text)
+        return b.to(self.acc.device), b.n_tokens
 
     # -- reference ------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -197,7 +199,7 @@ class VlmTrainer:
         self.model.eval()
         for s in range(0, n, bs):
             idx = list(range(s, min(n, s + bs)))
-            out = self._reference_forward(self.batch(idx))
+            out = self._reference_forward(self.batch(idx)[0])
             k = len(idx)
             ref[s:s + k] = torch.stack([out.sums[:k], out.sums[k:]], 1).double().cpu()
         self.model.train(was_training)
@@ -307,7 +309,7 @@ class VlmTrainer:
                 t0 = time.perf_counter()
                 stats = _StepStats(plan[step].examples, self.acc.device)
                 for j, idx in enumerate(plan[step].micro):
-                    b = self.batch(idx)
+                    b, n_tok = self.batch(idx)
                     ctx = self.acc.no_sync(self.model) if j < len(plan[step].micro) - 1 else _nullcontext()
                     with ctx:
                         pb = self.pair_batch(b, idx)
@@ -318,7 +320,7 @@ class VlmTrainer:
                         self.bco.update(lo.metrics["bco_reward_mean"])
                     # the text loop's layout for logps/chosen|rejected: chosen, rejected interleaved per pair
                     sums = torch.stack([pb.pol_chosen, pb.pol_rejected], 1).flatten().detach()
-                    stats.add(loss, lo, b.n_tokens, sums, len(idx))
+                    stats.add(loss, lo, n_tok, sums, len(idx))
                 lr = self.sched.get_last_lr()[0]
                 if t.max_grad_norm is not None:
                     stats.add_value("grad_norm", self.acc.clip_grad_norm_(self.model.parameters(), t.max_grad_norm))
