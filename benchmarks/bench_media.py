@@ -133,18 +133,18 @@ def make_image_pool(n: int, d: Path):
             im = im.convert("RGB")
         im = ImageOps.mirror(im) if v % 2 else im
         m = 4 * (v // 2)
-        path = d / f"src_{k:05d}.png"
-        im.crop((m, m, im.width - m, im.height - m)).save(path, compress_level=1)
-        rows.append({"image": str(path), "response": f"{c['caption_short']} View {v}."})
+        name = f"src_{k:05d}.png"      # relative to the pool folder: the same URIs (so the same plans) every run
+        im.crop((m, m, im.width - m, im.height - m)).save(d / name, compress_level=1)
+        rows.append({"image": name, "response": f"{c['caption_short']} View {v}."})
     return pl.DataFrame(rows)
 
 
-def naive_mia(df, cfg, seed: int, root: Path) -> tuple[float, list[list[str]]]:
+def naive_mia(df, cfg, seed: int, base: Path, root: Path) -> tuple[float, list[list[str]]]:
     """The per-sample script: no readability pass, no cache, no threads. Uses the builder's planner so
     both sides draw exactly the same samples."""
     from builders.images import compose_grid, compose_inset, plan_samples
     from builders.media import MediaStore, load_image
-    store = MediaStore(root, ROOT)
+    store = MediaStore(root, base)
     uris, answers = df["image"].to_list(), df["response"].to_list()
     t = time.perf_counter()
     plans = plan_samples(uris, answers, cfg, seed, lambda u: None, store.resolve).plans
@@ -161,10 +161,10 @@ def naive_mia(df, cfg, seed: int, root: Path) -> tuple[float, list[list[str]]]:
     return len(plans) / (time.perf_counter() - t), out
 
 
-def ours_mia(df, cfg, seed: int, root: Path) -> tuple[float, list[list[str]]]:
+def ours_mia(df, cfg, seed: int, base: Path, root: Path) -> tuple[float, list[list[str]]]:
     from builders.base import StepContext
     from builders.images import build_mia_dpo
-    ctx = StepContext(base_dir=ROOT, catalog=SimpleNamespace(root=root), seed=seed, progress=False)
+    ctx = StepContext(base_dir=base, catalog=SimpleNamespace(root=root), seed=seed, progress=False)
     t = time.perf_counter()
     built = build_mia_dpo(df.lazy(), cfg, ctx)
     rows = built.frame.collect()
@@ -179,10 +179,10 @@ def bench_mia(n_rows: int, threads: int) -> dict:
         df = make_image_pool(n_rows, d)
         cfg = MiaDpoConfig(image_column="image", answer_column="response", question_column=None, per_row="each",
                            threads=threads)
-        ours_mia(df.head(12), cfg, 0, d / "warmup")       # imports and first-call costs out of the timings
-        naive, naive_out = naive_mia(df, cfg, 0, d / "naive")
-        ours6, ours6_out = ours_mia(df, cfg.model_copy(update={"png_compress_level": 6}), 0, d / "ours6")
-        ours, ours_out = ours_mia(df, cfg, 0, d / "ours")
+        ours_mia(df.head(12), cfg, 0, d, d / "warmup")       # imports and first-call costs out of the timings
+        naive, naive_out = naive_mia(df, cfg, 0, d, d / "naive")
+        ours6, ours6_out = ours_mia(df, cfg.model_copy(update={"png_compress_level": 6}), 0, d, d / "ours6")
+        ours, ours_out = ours_mia(df, cfg, 0, d, d / "ours")
         if ours6_out != naive_out:
             raise SystemExit("mia: build at zlib level 6 wrote different files than the naive script")
         for a, b in zip(naive_out, ours_out, strict=True):
