@@ -67,7 +67,10 @@ def make_batch(spec: LossSpec, out: SeqOut, data: TrainData, idx: torch.Tensor, 
         return ListBatch(pol=pol, ref=r, scores=col["scores"], mask=mask, n=n, weight=weight)
     pc, pr = out.sums[0::2], out.sums[1::2]
     b = PairBatch(pol_chosen=pc, pol_rejected=pr, weight=weight)
-    if "ref" in needs:
+    if "seq_kl" in needs:  # TDPO: the online reference ran beside the policy (logps.SequenceLogps)
+        b.kl_chosen, b.kl_rejected = out.kl[0::2], out.kl[1::2]
+        b.ref_chosen, b.ref_rejected = out.ref_sums[0::2].detach(), out.ref_sums[1::2].detach()
+    elif "ref" in needs:
         r = ref.seq[idx].to(device=device, dtype=dt)
         b.ref_chosen, b.ref_rejected = r[:, 0], r[:, 1]
     if "counts" in needs or "nll" in needs:

@@ -22,6 +22,7 @@ from accelerate.utils import set_seed
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from transformers import get_cosine_schedule_with_warmup
 
+from prefdata.errors import PrefdataError
 from training.batches import RefStore, make_batch
 from training.budget import resolve_token_budget
 from training.checkpointing import checkpoint_dirs as _checkpoints  # shared with the diffusion/VLM trainers
@@ -30,9 +31,9 @@ from training.checkpointing import precision as _precision
 from training.checkpointing import truncate_metrics as _truncate_metrics
 from training.data import TrainData
 from training.forward import group_logps
-from training.logps import SequenceLogps
+from training.logps import SequenceLogps, attn_implementation
 from training.losses import LossSpec, RunningMean
-from training.packing import split_by_tokens
+from training.packing import resolve_layout, split_by_tokens
 from training.plan import Step, stage_starts
 from training.recipe import TrainRecipe
 from training.unpaired import UnpairedMicro
@@ -53,6 +54,7 @@ class RunSetup:
     resume: bool = False
     log_event: Callable[[str, dict], None] | None = None
     info: dict = field(default_factory=dict)       # reference status, drops: copied into every checkpoint
+    online_ref: object = None                      # TDPO: frozen reference model or logps.ADAPTERS_OFF
 
 
 class Trainer:
@@ -63,7 +65,7 @@ class Trainer:
         if t.grad_checkpointing:
             s.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         head_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.acc.mixed_precision)
-        model = SequenceLogps(s.lm, chunk=t.logp_chunk, compute_dtype=head_dtype)
+        model = SequenceLogps(s.lm, chunk=t.logp_chunk, compute_dtype=head_dtype, reference=s.online_ref)
         params = [p for p in model.parameters() if p.requires_grad]
         # fused AdamW: one kernel per step instead of a dozen per parameter (CPU: ~8x faster, no temporaries)
         opt = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay,
@@ -80,6 +82,9 @@ class Trainer:
                                                  grad_checkpointing=t.grad_checkpointing) \
             if self.acc.num_processes == 1 else 1 << 62
         self.metrics_path = s.out_dir / "metrics.jsonl"
+        self.layout = resolve_layout(t.layout, device=self.acc.device, kind=s.data.kind,
+                                     attn_impl=attn_implementation(s.lm))
+        s.info["layout"] = self.layout
         self.micro = UnpairedMicro(self) if s.data.kind == "unpaired" else self  # KTO: z0 first (unpaired.py)
 
     # -- one micro-batch ------------------------------------------------------------------------------
@@ -87,7 +92,8 @@ class Trainer:
         s = self.s
         groups = [s.data.groups[i] for i in idx]
         out = group_logps(self.model, groups, pad_id=s.tokenizer.pad_token_id, device=self.acc.device,
-                          token_budget=self.token_budget, with_tokens="token_logps" in s.spec.needs)
+                          token_budget=self.token_budget, with_tokens="token_logps" in s.spec.needs,
+                          layout=self.layout, with_kl="seq_kl" in s.spec.needs)
         delta = self.bco.value if self.bco is not None else None
         batch = make_batch(s.spec, out, s.data, torch.tensor(idx), s.ref, self.acc.device, delta)
         lo = s.spec.fn(batch, s.params)
@@ -102,7 +108,7 @@ class Trainer:
         backward, still forwarded in token-budget sub-batches)."""
         if "nll" in self.s.spec.needs or self.bco is not None:
             return [idx]
-        split = split_by_tokens([self.s.data.groups[i] for i in idx], self.token_budget)
+        split = split_by_tokens([self.s.data.groups[i] for i in idx], self.token_budget, self.layout)
         return [tuple(idx[i] for i in part) for part in split]
 
     @torch.no_grad()
@@ -114,7 +120,7 @@ class Trainer:
         for i in range(0, len(rows), s.recipe.reference.batch_size):
             part = rows[i:i + s.recipe.reference.batch_size]
             out = group_logps(self.model, [s.data.groups[j] for j in part], pad_id=s.tokenizer.pad_token_id,
-                              device=self.acc.device, token_budget=self.token_budget)
+                              device=self.acc.device, token_budget=self.token_budget, layout=self.layout)
             k = s.ref.seq.shape[1]
             if s.data.kind == "pairs":
                 s.ref.seq[part] = out.sums.double().cpu().view(-1, 2)
@@ -162,6 +168,9 @@ class Trainer:
     def run(self) -> dict:
         s, t = self.s, self.s.recipe.train
         s.out_dir.mkdir(parents=True, exist_ok=True)
+        if not s.resume and _checkpoints(s.out_dir):  # never mix two runs' checkpoints in one folder
+            raise PrefdataError(f"{s.out_dir} holds checkpoints of an earlier run: resume it (--resume) or "
+                                "choose another output_dir")
         start = self.load_latest() if s.resume else 0
         if not s.resume and self.metrics_path.exists():
             self.metrics_path.unlink()

@@ -95,6 +95,17 @@ def pack_rows(groups: list[Group], pad_id: int, *, pad_to_multiple: int = 1) -> 
                   max_resp=max(len(r) for _, r in rows), n_tokens=int(mask.sum()))
 
 
+def resolve_layout(requested: str, *, device, kind: str, attn_impl: str) -> str:
+    """`auto`: rows for pairs (and unpaired rows) on a GPU, where a causal row keeps SDPA on its fused kernels and
+    sharing saves at most a third of the tokens; shared for lists (it saves up to (K-1)/K of the prompt work) and
+    on a CPU (measured faster there, docs/training.md). Attention that takes no 4-D mask always gets rows."""
+    if requested != "auto":
+        return requested
+    if attn_impl not in ("sdpa", "eager"):
+        return "rows"
+    return "rows" if torch.device(device).type == "cuda" and kind != "lists" else "shared"
+
+
 def pack(groups: list[Group], pad_id: int, layout: str = "shared") -> Packed:
     if layout == "shared":
         return pack_groups(groups, pad_id)

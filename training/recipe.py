@@ -42,6 +42,10 @@ class TrainSection(_Section):
     max_grad_norm: float | None = Field(1.0, gt=0)
     seed: int = 0
     grad_checkpointing: bool = False
+    layout: Literal["auto", "shared", "rows"] = Field(
+        "auto", description="shared: each prompt encoded once, responses behind a block mask; rows: one causal row "
+        "per response (prompt repeated; what fused attention kernels run natively); auto: rows for pairs on a GPU, "
+        "shared otherwise (lists, CPU)")
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"   # auto: bf16 on a GPU, fp32 on CPU
     logp_chunk: int | None = Field(None, ge=1, description="positions per LM-head chunk; None = auto")
     token_budget: int | None = Field(None, ge=64, description="padded tokens per forward(+backward) sub-batch; "
@@ -117,8 +121,15 @@ class TrainRecipe(_Section):
 SUPPORTED_KINDS = ("pair", "list", "unpaired")
 
 
+def online_reference(spec: LossSpec) -> bool:
+    """TDPO's sequential KL needs the reference's full distributions at every response token: they cannot be
+    stored as columns, so the reference runs beside the policy during training (a frozen model, or LoRA off)."""
+    return "seq_kl" in spec.needs
+
+
 def needs_reference(spec: LossSpec, recipe: TrainRecipe) -> bool:
-    return "ref" in spec.needs and not recipe.reference.free
+    """Reference log-probs as dataset columns (precomputed by the reference pass, or already present)."""
+    return "ref" in spec.needs and not recipe.reference.free and not online_reference(spec)
 
 
 def check_dataset(recipe: TrainRecipe, columns: list[str], *, file: str | None = None) -> None:
@@ -133,9 +144,18 @@ def check_dataset(recipe: TrainRecipe, columns: list[str], *, file: str | None =
         fail(f"loss {recipe.loss['name']!r} is a {spec.kind} loss; `prefdata train` trains pair, list and "
              "unpaired (kto) losses "
              "(diffusion losses use the diffusion trainer)", "loss.name")
-    if "seq_kl" in spec.needs:
-        fail(f"loss {recipe.loss['name']!r} needs the sequential KL against an online reference model, which this "
-             "trainer does not compute", "loss.name")
+    if online_reference(spec):
+        name = recipe.loss["name"]
+        if recipe.reference.free:
+            fail(f"loss {name!r} regularizes with the KL to a reference model: it cannot be reference-free",
+                 "reference.free")
+        if not recipe.reference.model and recipe.lora is None:
+            fail(f"loss {name!r} needs the reference's full distributions at every response token (sequential KL): "
+                 "set reference.model (kept in memory beside the policy) or lora (reference = adapters disabled)",
+                 "reference.model")
+        if recipe.curriculum.mode == "iterative":
+            fail(f"an iterative curriculum would replace {name!r}'s online reference model; use mode fixed",
+                 "curriculum.mode")
     if spec.kind == "unpaired" or recipe.unpaired != UnpairedSection():
         check_unpaired(recipe, spec, columns, kind, fail)
         return

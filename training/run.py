@@ -21,9 +21,10 @@ from training.data import (
     open_dataset,
     unpaired_ref_columns,
 )
+from training.logps import ADAPTERS_OFF
 from training.loop import RunSetup, train
 from training.plan import make_plan
-from training.recipe import TrainRecipe, data_options, load_train_recipe, needs_reference
+from training.recipe import TrainRecipe, data_options, load_train_recipe, needs_reference, online_reference
 from training.reference import ensure_reference
 from training.unpaired import kto_balance
 from training.vlm_recipe import is_vlm_recipe
@@ -69,6 +70,17 @@ def prepare_reference(recipe: TrainRecipe, spec, ds, lm, tok, out_dir: Path, opt
     if torch.cuda.is_available():
         torch.cuda.empty_cache()  # hand the reference pass's cached blocks back before training sizes its budget
     return ds, status
+
+
+def online_reference_model(recipe: TrainRecipe, spec, lm):
+    """TDPO's reference, kept beside the policy: a frozen copy of reference.model, or (with LoRA and no
+    reference.model) the policy itself with its adapters disabled."""
+    if not online_reference(spec):
+        return None
+    if not recipe.reference.model:
+        return ADAPTERS_OFF
+    ref = load_model(recipe.reference.model, trust_remote_code=recipe.trust_remote_code)[0]
+    return ref.to(_device()).eval().requires_grad_(False)
 
 
 def train_from_recipe(recipe_path: str | Path, *, catalog_path: str | Path | None = None,
@@ -120,9 +132,12 @@ def train_from_recipe(recipe_path: str | Path, *, catalog_path: str | Path | Non
 
     info = {"reference": ref_status, "rows_in": data.rows_in, "rows_trained": len(data.groups),
             "rows_dropped": dict(data.dropped), **data.info}
+    online_ref = online_reference_model(recipe, spec, lm)
+    if online_ref is not None:
+        info["reference"] = {"status": "online", "model": recipe.reference.model or "policy with LoRA adapters off"}
     setup = RunSetup(recipe=recipe, spec=spec, params=params, lm=lm, tokenizer=tok, data=data,
                      ref=RefStore(data, free=not needs_reference(spec, recipe)), plan=plan, out_dir=out_dir,
-                     dataset_ref=ds.ref, resume=resume, log_event=log_event, info=info)
+                     dataset_ref=ds.ref, resume=resume, log_event=log_event, info=info, online_ref=online_ref)
     result = train(setup)
     (out_dir / "run.json").write_text(json.dumps(result, indent=2, default=str))
     return result

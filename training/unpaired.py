@@ -62,7 +62,7 @@ class UnpairedMicro:
     def reference_point(self, idx: tuple[int, ...]) -> torch.Tensor:
         t, s = self.t, self.t.s
         out = group_logps(t.model, [s.data.kl_groups[i] for i in idx], pad_id=s.tokenizer.pad_token_id,
-                          device=t.acc.device, token_budget=t.token_budget)
+                          device=t.acc.device, token_budget=t.token_budget, layout=t.layout)
         kl = out.sums.double() - s.ref.kl[list(idx)].reshape(-1).to(t.acc.device)
         total = t.acc.reduce(torch.stack([kl.sum(), torch.tensor(float(kl.numel()), device=kl.device,
                                                                   dtype=kl.dtype)]), "sum")
@@ -80,7 +80,7 @@ class UnpairedMicro:
         t, s = self.t, self.t.s
         groups = [s.data.groups[i] for i in idx]
         out = group_logps(t.model, groups, pad_id=s.tokenizer.pad_token_id, device=t.acc.device,
-                          token_budget=t.token_budget)
+                          token_budget=t.token_budget, layout=t.layout)
         b = unpaired_batch(out, s.data, torch.tensor(idx), s.ref.seq, self.z0.pop(idx), t.acc.device)
         lo = s.spec.fn(b, s.params)
         # step means over the examples that have them: the loop divides "x@sum" by "x@n" (per-example vectors,

@@ -86,8 +86,16 @@ def test_modpo_needs_other_scores(tmp_path, files):
 def test_missing_dataset_and_unsupported_kinds(tmp_path, files):
     e = _err(_recipe(tmp_path, dataset=str(tmp_path / "nope.parquet")))
     assert e.path == "dataset"
-    e = _err(_recipe(tmp_path, dataset=str(files["pairs"]), loss={"name": "tdpo1"}))
-    assert e.path == "loss.name" and "sequential KL" in str(e)
+    # TDPO: an online reference (a model kept beside the policy, or LoRA adapters off) is required
+    e = _err(_recipe(tmp_path, dataset=str(files["pairs"]), loss={"name": "tdpo1"}, reference={}))
+    assert e.path == "reference.model" and "sequential KL" in str(e)
+    e = _err(_recipe(tmp_path, dataset=str(files["pairs"]), loss={"name": "tdpo2"}, reference={"free": True}))
+    assert e.path == "reference.free"
+    e = _err(_recipe(tmp_path, dataset=str(files["pairs"]), loss={"name": "tdpo1"},
+                     curriculum={"mode": "iterative"}))
+    assert e.path == "curriculum.mode" and "online reference" in str(e)
+    assert load_train_recipe(_recipe(tmp_path, dataset=str(files["pairs"]), loss={"name": "tdpo1"}, reference={},
+                                     lora={"r": 4})).loss["name"] == "tdpo1"    # no ref columns needed either
     e = _err(_recipe(tmp_path, dataset=str(files["pairs"]), loss={"name": "diffusion_dpo"}))
     assert e.path == "loss.name"
     e = _err(_recipe(tmp_path, dataset=str(files["pairs"]), curriculum={"mode": "iterative"}, reference={"free": True}))

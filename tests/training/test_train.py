@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import pytest
 import torch
 import yaml
 
+from prefdata.errors import PrefdataError
 from training.reference import compute_reference
 from training.run import load_model, train_from_recipe
 
@@ -65,8 +67,14 @@ def test_overfits_64_real_pairs(tmp_path, tiny_model_dir, pairs64):
     acc = sum(x > 0 for x in margin) / len(margin)
     assert acc >= 0.95, acc
     # the second run reuses the cached reference log-probs
-    res2 = train_from_recipe(write_recipe(tmp_path, "r2.yaml", model=tiny_model_dir, dataset=pairs64,
-                                          reference={"model": str(tiny_model_dir)}, train={"max_steps": 1}))
+    again = write_recipe(tmp_path, "r2.yaml", model=tiny_model_dir, dataset=pairs64,
+                         reference={"model": str(tiny_model_dir)}, train={"max_steps": 1})
+    with pytest.raises(PrefdataError, match="holds checkpoints of an earlier run"):   # nothing overwritten
+        train_from_recipe(again)
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["step-000024"]
+    # once the old checkpoints are cleared, the rerun reuses the cached reference log-probs (no second pass)
+    shutil.rmtree(tmp_path / "run" / "checkpoints")
+    res2 = train_from_recipe(again)
     assert res2["reference"]["status"] == "skipped"
 
 
