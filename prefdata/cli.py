@@ -394,7 +394,8 @@ def train(
 ):
     """Train a model with a DPO-family loss on a catalog dataset or a parquet file.
 
-    A recipe with a top-level `denoiser:` section trains a diffusion model (Diffusion-DPO family)."""
+    A recipe with a top-level `denoiser:` section trains a diffusion model (Diffusion-DPO family); one with a
+    top-level `vlm:` section trains a vision-language model on multi-image pairs (MIA-DPO)."""
     path = _catalog_path(catalog)
     if _recipe_keys(recipe) & {"denoiser"}:
         from training.diffusion import train_diffusion_from_recipe

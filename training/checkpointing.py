@@ -66,6 +66,33 @@ def write_checkpoint(acc, out_dir: Path, step: int, state: dict, extra: dict | N
     return final
 
 
+RESUMABLE_CHANGES = ("output_dir", "train.save_every", "train.log_every")
+
+
+def check_resumable(out_dir: Path, dataset_ref: str, recipe: dict) -> None:
+    """A resumed run must train on the same rows with the same settings: the plan's row indices and the
+    optimizer state mean nothing otherwise (only RESUMABLE_CHANGES may differ). Raises PrefdataError."""
+    from prefdata.errors import PrefdataError
+    ckpts = checkpoint_dirs(out_dir)
+    if not ckpts:
+        return
+    state = json.loads((ckpts[-1] / "trainer_state.json").read_text())
+    if state.get("dataset") != dataset_ref:
+        raise PrefdataError(f"{ckpts[-1]} trained on {state.get('dataset')}, but the recipe's dataset is now "
+                            f"{dataset_ref}; pin the version it trained on (dataset: NAME@VERSION)")
+
+    def comparable(rec: dict) -> dict:
+        rec = {k: v for k, v in rec.items() if k != "output_dir"}
+        rec["train"] = {k: v for k, v in rec.get("train", {}).items() if f"train.{k}" not in RESUMABLE_CHANGES}
+        return rec
+
+    old, new = comparable(state.get("recipe", {})), comparable(recipe)
+    changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    if changed:
+        raise PrefdataError(f"cannot resume {out_dir}: the recipe's {', '.join(changed)} differ from the "
+                            f"checkpoint's ({ckpts[-1].name}); resume with the recipe it was started with")
+
+
 def load_latest_checkpoint(acc, out_dir: Path, metrics_path: Path) -> tuple[int, dict | None]:
     """Restore the newest checkpoint into `acc`'s prepared objects; returns (step, trainer_extra or None).
     (0, None) when there is none: the run starts from scratch."""

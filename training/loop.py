@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,10 +24,11 @@ from transformers import get_cosine_schedule_with_warmup
 from prefdata.errors import PrefdataError
 from training.batches import RefStore, make_batch
 from training.budget import resolve_token_budget
+from training.checkpointing import check_resumable, load_latest_checkpoint, write_checkpoint
 from training.checkpointing import checkpoint_dirs as _checkpoints  # shared with the diffusion/VLM trainers
 from training.checkpointing import peak_memory_mb as _peak_memory_mb
 from training.checkpointing import precision as _precision
-from training.checkpointing import truncate_metrics as _truncate_metrics
+from training.checkpointing import truncate_metrics as _truncate_metrics  # noqa: F401  (diffusion imports it here)
 from training.data import TrainData
 from training.forward import group_logps
 from training.logps import SequenceLogps, attn_implementation
@@ -134,34 +134,22 @@ class Trainer:
     # -- checkpoints ----------------------------------------------------------------------------------
     def save(self, step: int, last: dict) -> Path:
         s = self.s
-        final = s.out_dir / "checkpoints" / f"step-{step:06d}"
-        tmp = final.with_name(final.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        self.acc.wait_for_everyone()
-        self.acc.save_state(str(tmp))
-        if self.acc.is_main_process:
-            torch.save({"ref": s.ref.state_dict(), "bco": self.bco.state_dict() if self.bco else None},
-                       tmp / "trainer_extra.pt")
-            state = {"step": step, "dataset": s.dataset_ref, "config_sha256": s.recipe.config_hash(),
-                     "recipe": s.recipe.canonical(), "metrics": last, **s.info}
-            (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2, default=str))
-            tmp.replace(final)  # atomic: a checkpoint dir either is complete or does not exist
-            if s.log_event:
-                s.log_event("checkpoint", {"checkpoint": str(final), "step": step,
-                                           "config_sha256": state["config_sha256"], "output_dir": str(s.out_dir)})
+        state = {"dataset": s.dataset_ref, "config_sha256": s.recipe.config_hash(), "recipe": s.recipe.canonical(),
+                 "metrics": last, **s.info}
+        extra = {"ref": s.ref.state_dict(), "bco": self.bco.state_dict() if self.bco else None}
+        final = write_checkpoint(self.acc, s.out_dir, step, state, extra)
+        if s.log_event and self.acc.is_main_process:
+            s.log_event("checkpoint", {"checkpoint": str(final), "step": step,
+                                       "config_sha256": state["config_sha256"], "output_dir": str(s.out_dir)})
         return final
 
     def load_latest(self) -> int:
-        ckpts = _checkpoints(self.s.out_dir)
-        if not ckpts:
-            return 0
-        self.acc.load_state(str(ckpts[-1]))
-        extra = torch.load(ckpts[-1] / "trainer_extra.pt", weights_only=False)
-        self.s.ref.load_state_dict(extra["ref"])
-        if self.bco is not None and extra["bco"]:
-            self.bco.load_state_dict(extra["bco"])
-        step = json.loads((ckpts[-1] / "trainer_state.json").read_text())["step"]
-        _truncate_metrics(self.metrics_path, step)
+        check_resumable(self.s.out_dir, self.s.dataset_ref, self.s.recipe.canonical())
+        step, extra = load_latest_checkpoint(self.acc, self.s.out_dir, self.metrics_path)
+        if extra is not None:
+            self.s.ref.load_state_dict(extra["ref"])
+            if self.bco is not None and extra["bco"]:
+                self.bco.load_state_dict(extra["bco"])
         return step
 
     # -- the loop -------------------------------------------------------------------------------------

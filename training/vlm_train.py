@@ -29,7 +29,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from transformers import get_cosine_schedule_with_warmup
 
 from prefdata.errors import IngestError, PrefdataError, RecipeError
-from training.checkpointing import checkpoint_dirs, load_latest_checkpoint, peak_memory_mb, precision, write_checkpoint
+from training.checkpointing import (
+    check_resumable,
+    checkpoint_dirs,
+    load_latest_checkpoint,
+    peak_memory_mb,
+    precision,
+    write_checkpoint,
+)
 from training.data import PAIR_REF, DatasetHandle, open_catalog, open_dataset
 from training.diffusion_data import MediaPaths
 from training.loop import _StepStats
@@ -253,26 +260,7 @@ class VlmTrainer:
         return final
 
     def check_resumable(self) -> None:
-        """A resumed run must train on the same rows with the same settings: the plan's row indices and the
-        optimizer state mean nothing otherwise (only output_dir, save_every and log_every may change)."""
-        ckpts = checkpoint_dirs(self.out_dir)
-        if not ckpts:
-            return
-        state = json.loads((ckpts[-1] / "trainer_state.json").read_text())
-        if state.get("dataset") != self.dataset_ref:
-            raise PrefdataError(f"{ckpts[-1]} trained on {state.get('dataset')}, but the recipe's dataset is now "
-                                f"{self.dataset_ref}; pin the version it trained on (dataset: NAME@VERSION)")
-
-        def comparable(rec: dict) -> dict:
-            rec = {k: v for k, v in rec.items() if k != "output_dir"}
-            rec["train"] = {k: v for k, v in rec.get("train", {}).items() if k not in ("save_every", "log_every")}
-            return rec
-
-        old, new = comparable(state.get("recipe", {})), comparable(self.r.canonical())
-        changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-        if changed:
-            raise PrefdataError(f"cannot resume {self.out_dir}: the recipe's {', '.join(changed)} differ from the "
-                                f"checkpoint's ({ckpts[-1].name}); resume with the recipe it was started with")
+        check_resumable(self.out_dir, self.dataset_ref, self.r.canonical())
 
     def resume(self) -> int:
         self.check_resumable()

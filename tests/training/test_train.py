@@ -122,3 +122,14 @@ def test_listwise_plackett_luce_training(tmp_path, tiny_model_dir, arena_lists):
     # arena prompts longer than max_length are dropped and counted, never silently lost
     assert res["rows_trained"] + sum(res["rows_dropped"].values()) == 16
     assert res["rows_trained"] >= 8 and set(res["rows_dropped"]) <= {"prompt fills max_length=96"}
+
+
+def test_resume_refuses_a_changed_recipe(tmp_path, tiny_model_dir, pairs64):
+    common = {"model": tiny_model_dir, "dataset": pairs64, "reference": {"free": True}}
+    train_from_recipe(write_recipe(tmp_path, "a.yaml", train={"max_steps": 2, "save_every": 1}, **common))
+    changed = write_recipe(tmp_path, "b.yaml", train={"max_steps": 2, "save_every": 1, "lr": 1e-4}, **common)
+    with pytest.raises(PrefdataError, match=r"cannot resume .*train differ"):
+        train_from_recipe(changed, resume=True)
+    # save_every / log_every may change on resume
+    same = write_recipe(tmp_path, "c.yaml", train={"max_steps": 2, "save_every": 2, "log_every": 2}, **common)
+    assert train_from_recipe(same, resume=True)["resumed_from"] == 2
