@@ -20,10 +20,9 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from prefdata.errors import RecipeError, SchemaError
+from prefdata.errors import SchemaError
 from training.data import open_dataset
 from training.diffusion_data import MediaPaths, image_tensor, require_columns, segment_mask, video_tensor
 from training.loop import _checkpoints, _peak_memory_mb, _precision, _truncate_metrics
@@ -112,14 +111,8 @@ class DiffusionRecipe(_S):
 
 
 def load_diffusion_recipe(path: str | Path) -> DiffusionRecipe:
-    try:
-        data = yaml.safe_load(Path(path).read_text())
-        return DiffusionRecipe.model_validate(data)
-    except FileNotFoundError:
-        raise RecipeError("recipe file not found", file=str(path)) from None
-    except ValidationError as e:
-        err = e.errors()[0]
-        raise RecipeError(err["msg"], path=".".join(map(str, err["loc"])) or None, file=str(path)) from None
+    from training.recipe import read_recipe_yaml, validate_recipe
+    return validate_recipe(DiffusionRecipe, read_recipe_yaml(path), file=str(path))
 
 
 # ---------------------------------------------------------------- the math of one pair batch

@@ -12,7 +12,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from prefdata.errors import DatasetNotFound, PrefdataError, RecipeError
+from prefdata.errors import PrefdataError, RecipeError
 from training.data import (
     LIST_REF,
     PAIR_REF,
@@ -232,41 +232,47 @@ def _location(err: dict) -> str:
     return ".".join(str(x) for x in err["loc"] if not str(x).startswith("function-after"))
 
 
-def parse_train_recipe(data: dict, *, file: str | None = None) -> TrainRecipe:
+def validate_recipe(model: type[_Section], data: dict, *, file: str | None = None):
+    """`model(**data)` with every problem as a one-line RecipeError naming the YAML path (shared by the text, VLM
+    recipes)."""
     if not isinstance(data, dict):
         raise RecipeError("a training recipe is a YAML mapping", file=file)
     try:
-        return TrainRecipe(**data)
+        return model(**data)
     except RecipeError as e:
         raise RecipeError(str(e).split(": ", 1)[-1] if e.path else str(e), path=e.path, file=file) from None
     except ValidationError as exc:
         err = exc.errors()[0]
-        loc = _location(err)
-        msg = err["msg"]
-        if err["type"] == "extra_forbidden":
-            msg = "unknown key"
-        elif err["type"] == "missing":
-            msg = "required key is missing"
-        raise RecipeError(msg.removeprefix("Value error, "), path=loc or None, file=file) from None
+        msg = {"extra_forbidden": "unknown key", "missing": "required key is missing"}.get(err["type"], err["msg"])
+        raise RecipeError(msg.removeprefix("Value error, "), path=_location(err) or None, file=file) from None
+
+
+def parse_train_recipe(data: dict, *, file: str | None = None) -> TrainRecipe:
+    return validate_recipe(TrainRecipe, data, file=file)
+
+
+def read_recipe_yaml(path: str | Path) -> dict:
+    p = Path(path)
+    try:
+        return yaml.safe_load(p.read_text())
+    except FileNotFoundError:
+        raise RecipeError(f"recipe file not found: {p}") from None
+    except yaml.YAMLError as e:
+        raise RecipeError(f"invalid YAML: {e}".replace("\n", " "), file=str(p)) from None
+
+
+def recipe_dataset_columns(dataset: str, catalog_path, *, file: str) -> list[str]:
+    """The dataset's column names; a missing or unreadable dataset is a RecipeError at `dataset`."""
+    try:
+        return dataset_columns(dataset, catalog_path)
+    except PrefdataError as e:   # DatasetNotFound included
+        raise RecipeError(str(e), path="dataset", file=file) from None
 
 
 def load_train_recipe(path: str | Path, *, catalog_path: str | Path | None = None,
                       check_data: bool = True) -> TrainRecipe:
     """Parse and validate a training recipe; with `check_data`, also open the dataset's schema and check it."""
-    p = Path(path)
-    try:
-        data = yaml.safe_load(p.read_text())
-    except FileNotFoundError:
-        raise RecipeError(f"recipe file not found: {p}") from None
-    except yaml.YAMLError as e:
-        raise RecipeError(f"invalid YAML: {e}".replace("\n", " "), file=str(p)) from None
-    recipe = parse_train_recipe(data, file=str(p))
+    recipe = parse_train_recipe(read_recipe_yaml(path), file=str(path))
     if check_data:
-        try:
-            cols = dataset_columns(recipe.dataset, catalog_path)
-        except DatasetNotFound as e:
-            raise RecipeError(str(e), path="dataset", file=str(p)) from None
-        except PrefdataError as e:
-            raise RecipeError(str(e), path="dataset", file=str(p)) from None
-        check_dataset(recipe, cols, file=str(p))
+        check_dataset(recipe, recipe_dataset_columns(recipe.dataset, catalog_path, file=str(path)), file=str(path))
     return recipe

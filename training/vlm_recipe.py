@@ -20,12 +20,20 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
-from prefdata.errors import PrefdataError, RecipeError
-from training.data import PAIR_REF, dataset_columns
+from prefdata.errors import RecipeError
+from training.data import PAIR_REF
 from training.losses import resolve_loss
-from training.recipe import CurriculumSection, LoraSection, TrainSection, _location, _Section
+from training.recipe import (
+    CurriculumSection,
+    LoraSection,
+    TrainSection,
+    _Section,
+    read_recipe_yaml,
+    recipe_dataset_columns,
+    validate_recipe,
+)
 
 VLM_COLUMNS = ("prompt", "images", "chosen", "rejected")
 # what the VLM path computes for a pair loss: reference log-probs, token counts, the chosen NLL, per-token
@@ -148,34 +156,14 @@ def check_vlm_dataset(recipe: VlmRecipe, columns: list[str], *, file: str | None
 
 
 def parse_vlm_recipe(data: dict, *, file: str | None = None) -> VlmRecipe:
-    if not isinstance(data, dict):
-        raise RecipeError("a training recipe is a YAML mapping", file=file)
-    try:
-        return VlmRecipe(**data)
-    except RecipeError as e:
-        raise RecipeError(str(e).split(": ", 1)[-1] if e.path else str(e), path=e.path, file=file) from None
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        msg = {"extra_forbidden": "unknown key", "missing": "required key is missing"}.get(err["type"], err["msg"])
-        raise RecipeError(msg.removeprefix("Value error, "), path=_location(err) or None, file=file) from None
+    return validate_recipe(VlmRecipe, data, file=file)
 
 
 def load_vlm_recipe(path: str | Path, *, catalog_path: str | Path | None = None,
                     check_data: bool = True) -> VlmRecipe:
     """Parse and validate a VLM recipe; with `check_data`, also check the dataset's columns."""
-    p = Path(path)
-    try:
-        data = yaml.safe_load(p.read_text())
-    except FileNotFoundError:
-        raise RecipeError(f"recipe file not found: {p}") from None
-    except yaml.YAMLError as e:
-        raise RecipeError(f"invalid YAML: {e}".replace("\n", " "), file=str(p)) from None
-    recipe = parse_vlm_recipe(data, file=str(p))
+    recipe = parse_vlm_recipe(read_recipe_yaml(path), file=str(path))
     if check_data:
-        try:
-            cols = dataset_columns(recipe.dataset, catalog_path)
-        except PrefdataError as e:   # DatasetNotFound included
-            raise RecipeError(str(e), path="dataset", file=str(p)) from None
-        check_vlm_dataset(recipe, cols, file=str(p))
+        check_vlm_dataset(recipe, recipe_dataset_columns(recipe.dataset, catalog_path, file=str(path)),
+                          file=str(path))
     return recipe
-

@@ -14,9 +14,9 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import yaml
-from training_kit import small_llama
+from training_kit import recipe_error, small_llama
 
-from prefdata.errors import RecipeError, SchemaError
+from prefdata.errors import SchemaError
 from training.data import DataOptions, build_train_data
 from training.kto_data import kl_partners
 from training.plan import make_plan
@@ -115,11 +115,7 @@ def test_first_step_loss_equals_naive_kto(tmp_path, tiny_model_dir, files):
     assert res["kto_balance"]["desirable"] == 24 and res["kl_samples_sharing_prompt"] == 0
 
 
-def _err(path: Path) -> RecipeError:
-    with pytest.raises(RecipeError) as e:
-        load_train_recipe(path)
-    assert "\n" not in str(e.value) and str(path) in str(e.value)
-    return e.value
+_err = recipe_error
 
 
 def test_parse_time_errors(tmp_path, files):

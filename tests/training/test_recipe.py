@@ -7,8 +7,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from training_kit import recipe_error
 
-from prefdata.errors import RecipeError
 from training.recipe import load_train_recipe
 
 
@@ -34,11 +34,7 @@ def _recipe(tmp_path: Path, **over) -> Path:
     return p
 
 
-def _err(path: Path) -> RecipeError:
-    with pytest.raises(RecipeError) as e:
-        load_train_recipe(path)
-    assert "\n" not in str(e.value) and str(path) in str(e.value)
-    return e.value
+_err = recipe_error
 
 
 def test_valid_recipe_parses(tmp_path, files):

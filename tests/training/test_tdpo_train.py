@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import yaml
+from training_kit import shortest_prompt_pairs
 
 from training.encode import encode_groups
 from training.packing import pack_rows
@@ -18,11 +19,7 @@ from training.run import load_model, train_from_recipe
 
 @pytest.fixture(scope="module")
 def pairs8(tmp_path_factory, hh_pairs):
-    lens = [len(p) for p in hh_pairs.column("prompt").to_pylist()]
-    t = hh_pairs.take(sorted(range(len(lens)), key=lens.__getitem__)[:8])
-    p = tmp_path_factory.mktemp("tdpo") / "pairs8.parquet"
-    pq.write_table(t, p)
-    return p
+    return shortest_prompt_pairs(hh_pairs, 8, tmp_path_factory.mktemp("tdpo") / "pairs8.parquet")
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import yaml
+from training_kit import shortest_prompt_pairs
 
 from prefdata.errors import PrefdataError
 from training.reference import compute_reference
@@ -41,11 +42,7 @@ def metrics(out_dir: Path) -> list[dict]:
 @pytest.fixture(scope="module")
 def pairs64(tmp_path_factory, hh_pairs):
     """64 real HH-RLHF pairs with the shortest prompts (so a small max_length keeps all of them)."""
-    lens = [len(p) for p in hh_pairs.column("prompt").to_pylist()]
-    t = hh_pairs.take(sorted(range(len(lens)), key=lens.__getitem__)[:64])
-    p = tmp_path_factory.mktemp("data") / "pairs64.parquet"
-    pq.write_table(t, p)
-    return p
+    return shortest_prompt_pairs(hh_pairs, 64, tmp_path_factory.mktemp("data") / "pairs64.parquet")
 
 
 def test_overfits_64_real_pairs(tmp_path, tiny_model_dir, pairs64):
