@@ -207,7 +207,8 @@ class Trainer:
                 if self.acc.is_main_process and ((step + 1) % t.log_every == 0 or step + 1 == len(s.plan)):
                     log.write(json.dumps(last) + "\n")
                     log.flush()
-                bar.update(task, advance=1, info=f"loss {last['loss']:.4f} acc {last['reward_accuracy'] or 0:.2f}")
+                acc = last["reward_accuracy"]  # None for unpaired (KTO) data
+                bar.update(task, advance=1, info=f"loss {last['loss']:.4f}" + (f" acc {acc:.2f}" if acc is not None else ""))
                 if t.save_every and (step + 1) % t.save_every == 0 and step + 1 < len(s.plan):
                     log.flush()
                     self.save(step + 1, last)

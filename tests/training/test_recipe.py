@@ -96,3 +96,15 @@ def test_missing_dataset_and_unsupported_kinds(tmp_path, files):
     assert e.path == "loss.name"
     e = _err(_recipe(tmp_path, dataset=str(files["pairs"]), curriculum={"mode": "iterative"}, reference={"free": True}))
     assert e.path == "curriculum.mode"
+
+
+def test_bundled_training_recipes_parse():
+    """Every bundled training recipe is valid (the dataset is built by its build recipe, so not opened here)."""
+    from training.vlm_recipe import is_vlm_recipe, load_vlm_recipe
+    root = Path(__file__).resolve().parents[2] / "examples" / "recipes"
+    found = {p.name: p for p in root.glob("*.yaml") if p.name.startswith("train_") or is_vlm_recipe(p)}
+    assert {"train_tiny.yaml", "train_curry.yaml", "train_listwise.yaml", "train_kto.yaml", "train_tdpo.yaml",
+            "mm_vlm_train.yaml"} <= set(found)
+    for p in found.values():
+        r = (load_vlm_recipe if is_vlm_recipe(p) else load_train_recipe)(p, check_data=False)
+        assert r.output_dir.startswith("runs/")
