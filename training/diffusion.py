@@ -23,9 +23,12 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from prefdata.errors import SchemaError
+from training.checkpointing import checkpoint_dirs as _checkpoints
+from training.checkpointing import peak_memory_mb as _peak_memory_mb
+from training.checkpointing import precision as _precision
+from training.checkpointing import truncate_metrics as _truncate_metrics
 from training.data import open_dataset
 from training.diffusion_data import MediaPaths, image_tensor, require_columns, segment_mask, video_tensor
-from training.loop import _checkpoints, _peak_memory_mb, _precision, _truncate_metrics
 from training.losses import DiffusionBatch, LossOut, resolve_loss
 
 

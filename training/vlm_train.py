@@ -1,10 +1,10 @@
 """VLM multi-image DPO training from a recipe: `prefdata train RECIPE.yaml` with a top-level `vlm:` section.
 
-The loop mirrors the text loop (training/loop.py) and shares its parts: the step plan (training/plan.py:
-micro-batches of row indices fixed up front from the seed, so a checkpoint's data position is its step),
-accelerate (device, DDP, bf16 autocast on a GPU), AdamW + warmup/cosine, gradient accumulation, the same
-metrics fields (loop._StepStats), the same checkpoint layout (training/checkpointing.py) and the catalog run
-events that `prefdata log` shows. What differs is the forward: a micro-batch is collated by the model's own
+The steps run through the text loop itself (`loop.StepLoop`: the step plan from training/plan.py, so a
+checkpoint's data position is its step; accelerate for device, DDP and bf16 autocast; AdamW + warmup/cosine;
+gradient accumulation and clipping; metrics.jsonl with the same fields; the same checkpoints, exact resume and
+refusals; the catalog run events that `prefdata log` shows). This module supplies the hooks. What differs is the
+forward: a micro-batch is collated by the model's own
 processor (images expanded into image tokens) and its response log-probs come from training/vlm.py.
 
 Reference log-probs, by `reference.source`: `copy` (a frozen copy of the initial model), `adapters` (the
@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
-import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,22 +22,15 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from transformers import get_cosine_schedule_with_warmup
 
 from prefdata.errors import IngestError, PrefdataError, RecipeError
 from training.checkpointing import (
-    check_resumable,
-    checkpoint_dirs,
-    load_latest_checkpoint,
-    peak_memory_mb,
     precision,
-    write_checkpoint,
 )
 from training.data import PAIR_REF, DatasetHandle, open_catalog, open_dataset
 from training.diffusion_data import MediaPaths
-from training.loop import _StepStats
+from training.loop import StepLoop
 from training.losses import PairBatch, RunningMean
 from training.plan import make_plan
 from training.vlm import (
@@ -141,11 +132,15 @@ def load_vlm(path: str, *, trust_remote_code: bool = False):
 
 # ---------------------------------------------------------------- the loop
 
-class VlmTrainer:
+class VlmTrainer(StepLoop):
+    label = "train vlm"
+    event_extra = {"trainer": "vlm"}
+
     def __init__(self, recipe: VlmRecipe, model, processor, data: VlmData, paths: MediaPaths, *, ref_source: str,
                  dataset_ref: str, out_dir: Path, log_event=None, info: dict | None = None):
         t = recipe.train
         self.r, self.proc, self.data, self.paths, self.out_dir = recipe, processor, data, paths, out_dir
+        self.recipe = recipe
         self.spec, self.params = recipe.loss_spec()
         self.ref_source, self.dataset_ref, self.log_event, self.info = ref_source, dataset_ref, log_event, info or {}
         self.acc = Accelerator(mixed_precision=precision(t.mixed_precision), cpu=not torch.cuda.is_available())
@@ -247,118 +242,32 @@ class VlmTrainer:
         pb.bco_delta = self.bco.value if self.bco is not None else None
         return pb
 
-    # -- checkpoints ----------------------------------------------------------------------------------
-    def save(self, step: int, last: dict) -> Path:
-        state = {"dataset": self.dataset_ref, "config_sha256": self.r.config_hash(), "recipe": self.r.canonical(),
-                 "metrics": last, **self.info}
-        extra = {"ref": self.ref if self.ref_source == "precompute" else None,
-                 "bco": self.bco.state_dict() if self.bco else None}
-        final = write_checkpoint(self.acc, self.out_dir, step, state, extra)
-        if self.log_event and self.acc.is_main_process:
-            self.log_event("checkpoint", {"checkpoint": str(final), "step": step,
-                                          "config_sha256": state["config_sha256"], "output_dir": str(self.out_dir)})
-        return final
+    # -- StepLoop hooks (the text loop runs the steps, metrics, checkpoints and resume) ---------------
+    def step_loss(self, idx: tuple[int, ...]):
+        b, n_tok = self.batch(idx)
+        pb = self.pair_batch(b, idx)
+        lo = self.spec.fn(pb, self.params)
+        if self.bco is not None:
+            self.bco.update(lo.metrics["bco_reward_mean"])
+        # the text loop's layout for logps/chosen|rejected: chosen, rejected interleaved per pair
+        sums = torch.stack([pb.pol_chosen, pb.pol_rejected], 1).flatten().detach()
+        return (lo.loss * pb.weight).sum(), lo, n_tok, sums
 
-    def check_resumable(self) -> None:
-        check_resumable(self.out_dir, self.dataset_ref, self.r.canonical())
-
-    def resume(self) -> int:
-        self.check_resumable()
-        step, extra = load_latest_checkpoint(self.acc, self.out_dir, self.metrics_path)
-        if extra:
-            if extra.get("ref") is not None:
-                self.ref = extra["ref"]
-            if self.bco is not None and extra.get("bco"):
-                self.bco.load_state_dict(extra["bco"])
-        return step
-
-    # -- the loop -------------------------------------------------------------------------------------
-    def run(self, *, resume: bool = False) -> dict:
-        t, plan = self.r.train, self.plan
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        if not resume and checkpoint_dirs(self.out_dir):
-            raise PrefdataError(f"{self.out_dir} already holds checkpoints of a run: pass --resume to continue it, "
-                                "or choose another output_dir")
-        start = self.resume() if resume else 0
-        if not resume and self.metrics_path.exists():
-            self.metrics_path.unlink()
+    def before_run(self) -> None:
         if self.ref_source == "precompute" and self.ref is None:
             self.precompute_reference()
-        last: dict = {}
-        self.model.train()
-        # progress on stderr: stdout stays clean for `prefdata train --json`
-        bar = Progress(TextColumn("[bold]train vlm"), BarColumn(), MofNCompleteColumn(),
-                       TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=Console(stderr=True),
-                       disable=not self.acc.is_main_process)
-        t_run = time.perf_counter()
-        with bar, self.metrics_path.open("a") as log:
-            task = bar.add_task("train", total=len(plan), completed=start, info="")
-            for step in range(start, len(plan)):
-                t0 = time.perf_counter()
-                stats = _StepStats(plan[step].examples, self.acc.device)
-                for j, idx in enumerate(plan[step].micro):
-                    b, n_tok = self.batch(idx)
-                    ctx = self.acc.no_sync(self.model) if j < len(plan[step].micro) - 1 else _nullcontext()
-                    with ctx:
-                        pb = self.pair_batch(b, idx)
-                        lo = self.spec.fn(pb, self.params)
-                        loss = (lo.loss * pb.weight).sum()
-                        self.acc.backward(loss / plan[step].examples)
-                    if self.bco is not None:
-                        self.bco.update(lo.metrics["bco_reward_mean"])
-                    # the text loop's layout for logps/chosen|rejected: chosen, rejected interleaved per pair
-                    sums = torch.stack([pb.pol_chosen, pb.pol_rejected], 1).flatten().detach()
-                    stats.add(loss, lo, n_tok, sums, len(idx))
-                lr = self.sched.get_last_lr()[0]
-                if t.max_grad_norm is not None:
-                    stats.add_value("grad_norm", self.acc.clip_grad_norm_(self.model.parameters(), t.max_grad_norm))
-                self.opt.step()
-                self.sched.step()
-                self.opt.zero_grad(set_to_none=True)
-                last = step_record(step + 1, plan[step], stats, lr, time.perf_counter() - t0)
-                if self.acc.is_main_process and ((step + 1) % t.log_every == 0 or step + 1 == len(plan)):
-                    log.write(json.dumps(last) + "\n")
-                    log.flush()
-                bar.update(task, advance=1, info=f"loss {last['loss']:.4f} acc {last['reward_accuracy'] or 0:.2f}")
-                if t.save_every and (step + 1) % t.save_every == 0 and step + 1 < len(plan):
-                    self.save(step + 1, last)
-        ckpt = self.save(len(plan), last) if plan else None
-        final = self.out_dir / "final"
-        if self.acc.is_main_process:
-            self.acc.unwrap_model(self.model).model.save_pretrained(final)   # LoRA: the adapters
-            self.proc.save_pretrained(final)
-        result = {"output_dir": str(self.out_dir), "final_model": str(final), "checkpoint": str(ckpt),
-                  "dataset": self.dataset_ref, "config_sha256": self.r.config_hash(), "steps": len(plan),
-                  "resumed_from": start, "seconds": time.perf_counter() - t_run, "last": last, **self.info}
-        if self.log_event and self.acc.is_main_process:
-            self.log_event("train", {k: result[k] for k in ("output_dir", "final_model", "checkpoint",
-                                                            "config_sha256", "steps")}
-                           | {"loss": self.r.loss, "last": last, "trainer": "vlm"})
-        return result
 
+    def extra_state(self) -> dict:
+        return {"ref": self.ref if self.ref_source == "precompute" else None, **super().extra_state()}
 
-def step_record(step: int, plan_step, stats: _StepStats, lr: float, dt: float) -> dict:
-    """One metrics.jsonl line, with the text loop's field names."""
-    m = stats.values()   # the step's only device->host sync
-    n = stats.n_reward
-    rec = {"step": step, "stage": plan_step.stage, "loss": m.pop("loss"),
-           "reward_accuracy": m.pop("acc") / n if n else None,
-           "chosen_reward": m["rc"] / n if n else None, "rejected_reward": m["rr"] / n if n else None,
-           "margin": (m.pop("rc") - m.pop("rr")) / n if n else None, "grad_norm": m.pop("grad_norm", None),
-           "lr": lr, "examples": plan_step.examples, "tokens": stats.tokens, "tokens_per_s": stats.tokens / dt,
-           "examples_per_s": plan_step.examples / dt, "step_time_s": dt, "peak_memory_mb": peak_memory_mb(),
-           **{(k if k.startswith("logps") else f"loss/{k}"): v for k, v in m.items()}}
-    if not math.isfinite(rec["loss"]):
-        raise FloatingPointError(f"loss is {rec['loss']} at step {step}")
-    return rec
+    def load_extra(self, extra: dict) -> None:
+        if extra.get("ref") is not None:
+            self.ref = extra["ref"]
+        super().load_extra(extra)
 
-
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
+    def save_final(self, final: Path) -> None:
+        self.acc.unwrap_model(self.model).model.save_pretrained(final)   # LoRA: the adapters
+        self.proc.save_pretrained(final)
 
 
 def train_vlm_from_recipe(recipe_path: str | Path, *, catalog_path: str | Path | None = None,

@@ -143,7 +143,7 @@ def test_resume_from_a_checkpoint_reproduces_the_losses(tmp_path, mia, copy_run,
         with pytest.raises(PrefdataError, match=r"recipe's loss differ"):
             train_from_recipe(recipe(tmp_path, mia, "r3.yaml", output_dir=tmp_path / "stopped", **over,
                                      loss={"name": "dpo_sigmoid", "beta": 0.3}), resume=True)
-        with pytest.raises(PrefdataError, match="already holds checkpoints"):
+        with pytest.raises(PrefdataError, match="holds checkpoints of an earlier run"):
             train_from_recipe(r2)
 
 
