@@ -5,7 +5,6 @@ direct CLIP computation."""
 from __future__ import annotations
 
 import importlib.metadata
-import json
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +15,7 @@ import torch
 from builders.media import read_video
 from builders.video import DenseSegmentsConfig, build_dense_segments
 from prefdata.errors import SchemaError
+from tests.clip_kit import make_tiny_open_clip
 
 P, D = "video/carphone_pristine.mp4", "video/carphone_distorted.mp4"
 CAPTION = "A man talking on the phone in a car."
@@ -24,18 +24,7 @@ CAPTION = "A man talking on the phone in a car."
 @pytest.fixture(scope="module")
 def open_clip_tiny(tmp_path_factory) -> tuple[Path, Path]:
     """(architecture JSON, checkpoint) of a custom tiny open_clip model with random weights."""
-    import open_clip
-    path = tmp_path_factory.mktemp("dense_open_clip")
-    conf = path / "tiny-clip-dense.json"
-    conf.write_text(json.dumps({"embed_dim": 16,
-                                "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8,
-                                               "head_width": 16},
-                                "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 32, "heads": 2,
-                                             "layers": 1}}))
-    open_clip.add_model_config(conf)
-    torch.manual_seed(21)
-    torch.save(open_clip.create_model("tiny-clip-dense").state_dict(), path / "tiny.pt")
-    return conf, path / "tiny.pt"
+    return make_tiny_open_clip(tmp_path_factory.mktemp("dense_open_clip"), "tiny-clip-dense", seed=21, patch_size=8)
 
 
 @pytest.fixture(scope="module")

@@ -102,22 +102,8 @@ def tiny_hf_clip(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_open_clip(tmp_path_factory) -> tuple[Path, Path]:
     """(arch config JSON, checkpoint) of a custom tiny open_clip architecture with random weights."""
-    import json
-
-    import open_clip
-    import torch
-    path = tmp_path_factory.mktemp("tiny_open_clip")
-    conf = path / "tiny-clip-synth.json"
-    conf.write_text(json.dumps({"embed_dim": 16,
-                                "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 16,
-                                               "head_width": 16},
-                                "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 32, "heads": 2,
-                                             "layers": 1}}))
-    open_clip.add_model_config(conf)
-    torch.manual_seed(2)
-    model = open_clip.create_model("tiny-clip-synth")
-    torch.save(model.state_dict(), path / "tiny.pt")
-    return conf, path / "tiny.pt"
+    from tests.clip_kit import make_tiny_open_clip
+    return make_tiny_open_clip(tmp_path_factory.mktemp("tiny_open_clip"), "tiny-clip-synth", seed=2)
 
 
 @pytest.fixture(scope="session")
