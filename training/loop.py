@@ -110,6 +110,10 @@ class StepLoop:
         if not resume and checkpoint_dirs(self.out_dir):  # never mix two runs' checkpoints in one folder
             raise PrefdataError(f"{self.out_dir} holds checkpoints of an earlier run: resume it (--resume) or "
                                 "choose another output_dir")
+        world, rank = self.acc.num_processes, self.acc.process_index
+        if world > 1 and min(len(m) for st in plan for m in st.micro) < world:
+            raise PrefdataError(f"a micro-batch of the plan has fewer rows than the {world} processes (each needs "
+                                "at least one): raise train.batch_size or drop the last partial batch's rows")
         start = self.load_latest() if resume else 0
         if not resume and self.metrics_path.exists():
             self.metrics_path.unlink()
@@ -126,17 +130,19 @@ class StepLoop:
             for step in range(start, len(plan)):
                 self.before_step(step)
                 t0 = time.perf_counter()
-                stats = StepStats(plan[step].examples, self.acc.device)
-                parts = [p for idx in plan[step].micro for p in self.step_parts(idx)]
+                stats = StepStats(plan[step].examples, self.acc.device, reduce=self.acc.reduce if world > 1 else None)
+                # DDP: each process takes every world-th example of a micro-batch; DDP averages the processes'
+                # gradients, so each scales its sum by `world` to give the whole batch's mean
+                parts = [p for idx in plan[step].micro for p in self.step_parts(idx[rank::world])]
                 for j, idx in enumerate(parts):
                     ctx = self.acc.no_sync(self.model) if j < len(parts) - 1 else nullcontext()
                     with ctx:
                         loss, lo, ntok, pair_sums = self.step_loss(idx)
-                        self.acc.backward(loss / plan[step].examples)
+                        self.acc.backward(loss * world / plan[step].examples)
                     stats.add(loss, lo, ntok, pair_sums, len(idx))
                 lr = self.sched.get_last_lr()[0]  # the rate this step uses
                 if t.max_grad_norm is not None:
-                    stats.add_value("grad_norm", self.acc.clip_grad_norm_(self.model.parameters(), t.max_grad_norm))
+                    stats.add_once("grad_norm", self.acc.clip_grad_norm_(self.model.parameters(), t.max_grad_norm))
                 self.opt.step()
                 self.sched.step()
                 self.opt.zero_grad(set_to_none=True)
@@ -205,8 +211,9 @@ class Trainer(StepLoop):
         delta = self.bco.value if self.bco is not None else None
         batch = make_batch(s.spec, out, s.data, torch.tensor(idx), s.ref, self.acc.device, delta)
         lo = s.spec.fn(batch, s.params)
-        if self.bco is not None:
-            self.bco.update(lo.metrics["bco_reward_mean"])
+        if self.bco is not None:  # one running mean for all processes
+            self.bco.update(self.acc.reduce(lo.metrics["bco_reward_mean"], "mean") if self.acc.num_processes > 1
+                            else lo.metrics["bco_reward_mean"])
         return (lo.loss * batch.weight).sum(), lo, sum(g.n_tokens for g in groups), out.sums
 
     def parts(self, idx: tuple[int, ...]) -> list[tuple[int, ...]]:

@@ -83,15 +83,8 @@ def online_reference_model(recipe: TrainRecipe, spec, lm):
     return ref.to(_device()).eval().requires_grad_(False)
 
 
-def train_from_recipe(recipe_path: str | Path, *, catalog_path: str | Path | None = None,
-                      resume: bool = False) -> dict:
-    if is_vlm_recipe(recipe_path):  # a top-level `vlm:` section: multi-image VLM DPO (training/vlm_train.py)
-        from training.vlm_train import train_vlm_from_recipe
-        return train_vlm_from_recipe(recipe_path, catalog_path=catalog_path, resume=resume)
-    recipe = load_train_recipe(recipe_path, catalog_path=catalog_path)
-    spec, params = recipe.loss_spec()
-    out_dir = Path(recipe.output_dir)
-    ds = open_dataset(recipe.dataset, catalog_path)
+def _prepare(recipe: TrainRecipe, spec, ds, out_dir: Path):
+    """Model + tokenizer (a tiny one created when asked), data options, and the reference pass."""
     if recipe.make_tiny_model and not Path(recipe.model).exists():
         from training.tiny import make_tiny_model, texts_of_table
         completions = [c for col in ("completion", "response") if col in ds.table.column_names  # unpaired tables
@@ -101,6 +94,24 @@ def train_from_recipe(recipe_path: str | Path, *, catalog_path: str | Path | Non
     options = data_options(recipe)
     options.template(tok)  # chat_template: true without a template fails here, before any reference pass
     ds, ref_status = prepare_reference(recipe, spec, ds, lm, tok, out_dir, options)
+    return lm, tok, ds, ref_status, options
+
+
+def train_from_recipe(recipe_path: str | Path, *, catalog_path: str | Path | None = None,
+                      resume: bool = False) -> dict:
+    if is_vlm_recipe(recipe_path):  # a top-level `vlm:` section: multi-image VLM DPO (training/vlm_train.py)
+        from training.vlm_train import train_vlm_from_recipe
+        return train_vlm_from_recipe(recipe_path, catalog_path=catalog_path, resume=resume)
+    recipe = load_train_recipe(recipe_path, catalog_path=catalog_path)
+    spec, params = recipe.loss_spec()
+    out_dir = Path(recipe.output_dir)
+    ds = open_dataset(recipe.dataset, catalog_path)
+    # under DDP the main process creates the tiny model and runs the reference pass first (one catalog version,
+    # one cache file); the others then find both and skip
+    from accelerate import PartialState
+    state = PartialState(cpu=not torch.cuda.is_available())
+    with state.main_process_first():
+        lm, tok, ds, ref_status, options = _prepare(recipe, spec, ds, out_dir)
 
     required: tuple[str, ...] = ()
     if needs_reference(spec, recipe):

@@ -12,16 +12,21 @@ from training.plan import Step
 
 class StepStats:
     """Step metrics summed on the device (no `.item()` per sub-batch: on a GPU each one would stall the queue),
-    read back once per step."""
+    read back once per step. Under DDP each process sums its own shard and `reduce` (accelerate's) adds the
+    processes' sums in that one read-back, so the logged step is the whole batch's."""
 
-    def __init__(self, examples: int, device):
-        self.examples, self.device = examples, device
+    def __init__(self, examples: int, device, reduce=None):
+        self.examples, self.device, self.reduce = examples, device, reduce
         self.sum: dict[str, torch.Tensor] = {}
+        self.once: dict[str, torch.Tensor] = {}   # values already equal on every process (grad norm)
         self.tokens = self.n_reward = 0
 
     def add_value(self, key: str, value: torch.Tensor) -> None:
         v = torch.as_tensor(value).detach().to(device=self.device, dtype=torch.float64)  # exact for fp64 runs
         self.sum[key] = self.sum[key] + v if key in self.sum else v
+
+    def add_once(self, key: str, value: torch.Tensor) -> None:
+        self.once[key] = torch.as_tensor(value).detach().to(device=self.device, dtype=torch.float64)
 
     def add(self, loss, lo, ntok: int, pair_sums, n_examples: int) -> None:
         self.add_value("loss", loss / self.examples)
@@ -53,9 +58,15 @@ class StepStats:
         return rec
 
     def values(self) -> dict[str, float]:
-        keys = list(self.sum)
-        vals = torch.stack([self.sum[k].reshape(()) for k in keys]).tolist() if keys else []
-        out = dict(zip(keys, vals, strict=True))
+        keys = sorted(self.sum)   # the same order on every process
+        counts = torch.tensor([float(self.tokens), float(self.n_reward)], dtype=torch.float64, device=self.device)
+        vec = torch.cat([torch.stack([self.sum[k].reshape(()) for k in keys]) if keys else counts[:0], counts])
+        if self.reduce is not None:
+            vec = self.reduce(vec, "sum")
+        vals = vec.tolist()
+        self.tokens, self.n_reward = int(vals[-2]), int(vals[-1])
+        out = dict(zip(keys, vals[:-2], strict=True))
+        out.update({k: float(v) for k, v in self.once.items()})
         for k in [k[:-4] for k in keys if k.endswith("@sum")]:  # means over the examples that have the metric
             s, n = out.pop(k + "@sum"), out.pop(k + "@n")
             out[k] = s / n if n else None

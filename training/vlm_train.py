@@ -247,8 +247,9 @@ class VlmTrainer(StepLoop):
         b, n_tok = self.batch(idx)
         pb = self.pair_batch(b, idx)
         lo = self.spec.fn(pb, self.params)
-        if self.bco is not None:
-            self.bco.update(lo.metrics["bco_reward_mean"])
+        if self.bco is not None:  # one running mean for all processes
+            self.bco.update(self.acc.reduce(lo.metrics["bco_reward_mean"], "mean") if self.acc.num_processes > 1
+                            else lo.metrics["bco_reward_mean"])
         # the text loop's layout for logps/chosen|rejected: chosen, rejected interleaved per pair
         sums = torch.stack([pb.pol_chosen, pb.pol_rejected], 1).flatten().detach()
         return (lo.loss * pb.weight).sum(), lo, n_tok, sums
