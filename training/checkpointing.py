@@ -69,7 +69,7 @@ def write_checkpoint(acc, out_dir: Path, step: int, state: dict, extra: dict | N
 RESUMABLE_CHANGES = ("output_dir", "train.save_every", "train.log_every")
 
 
-def check_resumable(out_dir: Path, dataset_ref: str, recipe: dict) -> None:
+def check_resumable(out_dir: Path, dataset_ref: str, recipe: dict, allowed: tuple[str, ...] = RESUMABLE_CHANGES) -> None:
     """A resumed run must train on the same rows with the same settings: the plan's row indices and the
     optimizer state mean nothing otherwise (only RESUMABLE_CHANGES may differ). Raises PrefdataError."""
     from prefdata.errors import PrefdataError
@@ -83,7 +83,7 @@ def check_resumable(out_dir: Path, dataset_ref: str, recipe: dict) -> None:
 
     def comparable(rec: dict) -> dict:
         rec = {k: v for k, v in rec.items() if k != "output_dir"}
-        rec["train"] = {k: v for k, v in rec.get("train", {}).items() if f"train.{k}" not in RESUMABLE_CHANGES}
+        rec["train"] = {k: v for k, v in rec.get("train", {}).items() if f"train.{k}" not in allowed}
         return rec
 
     old, new = comparable(state.get("recipe", {})), comparable(recipe)

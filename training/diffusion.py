@@ -12,9 +12,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import math
-import shutil
-import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
@@ -23,13 +20,13 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from prefdata.errors import SchemaError
-from training.checkpointing import checkpoint_dirs as _checkpoints
-from training.checkpointing import peak_memory_mb as _peak_memory_mb
+from training.checkpointing import RESUMABLE_CHANGES
 from training.checkpointing import precision as _precision
-from training.checkpointing import truncate_metrics as _truncate_metrics
 from training.data import open_dataset
 from training.diffusion_data import MediaPaths, image_tensor, require_columns, segment_mask, video_tensor
+from training.loop import StepLoop
 from training.losses import DiffusionBatch, LossOut, resolve_loss
+from training.plan import Step
 
 
 class _S(BaseModel):
@@ -110,7 +107,10 @@ class DiffusionRecipe(_S):
         return resolve_loss(self.loss.get("name"), {k: v for k, v in self.loss.items() if k != "name"})
 
     def config_hash(self) -> str:
-        return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+        return hashlib.sha256(json.dumps(self.canonical(), sort_keys=True).encode()).hexdigest()
+
+    def canonical(self) -> dict:
+        return self.model_dump(mode="json")
 
 
 def load_diffusion_recipe(path: str | Path) -> DiffusionRecipe:
@@ -272,112 +272,86 @@ def _order(n: int, seed: int, steps: int, bs: int) -> list[list[int]]:
     return [idx[i * bs:(i + 1) * bs] for i in range(steps)]
 
 
-def train_diffusion(recipe: DiffusionRecipe, *, resume: bool = False) -> dict:
-    from accelerate import Accelerator
-    from diffusers import DDPMScheduler
-    tr = recipe.train
-    spec, params = recipe.loss_spec()
-    acc = Accelerator(mixed_precision=_precision(tr.mixed_precision), cpu=not torch.cuda.is_available())
-    torch.manual_seed(tr.seed)
-    out_dir = Path(recipe.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    data = PairData(recipe, spec)
-    text = TextEncoder(recipe.text_encoder, acc.device)
-    policy = build_denoiser(recipe.denoiser)
-    if recipe.lora is not None:
-        from peft import LoraConfig
-        policy.requires_grad_(False)
-        policy.add_adapter(LoraConfig(r=recipe.lora.r, lora_alpha=recipe.lora.alpha,
-                                      target_modules=recipe.lora.target_modules, init_lora_weights=True))
-        reference = None                                   # adapters off = the reference
-    else:
-        reference = copy.deepcopy(policy).requires_grad_(False).eval().to(acc.device)
-    vae = None
-    if recipe.vae:
-        from diffusers import AutoencoderKL
-        vae = AutoencoderKL.from_pretrained(recipe.vae).eval().requires_grad_(False).to(acc.device)
-    sched = DDPMScheduler(num_train_timesteps=tr.num_train_timesteps, prediction_type=tr.prediction_type)
-    opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=tr.lr)
-    policy, opt = acc.prepare(policy, opt)
-    plan = _order(len(data), tr.seed, tr.max_steps, tr.batch_size)
-    metrics_path = out_dir / "metrics.jsonl"
-    start = 0
-    if resume and _checkpoints(out_dir):
-        ck = _checkpoints(out_dir)[-1]
-        acc.load_state(str(ck))
-        start = json.loads((ck / "trainer_state.json").read_text())["step"]
-        _truncate_metrics(metrics_path, start)
-    elif metrics_path.exists():
-        metrics_path.unlink()
+class DiffusionTrainer(StepLoop):
+    """Diffusion-DPO family on a diffusers denoiser, run by the text trainer's loop (`loop.StepLoop`: metrics,
+    checkpoints, exact resume, refusals, DDP sharding). A step's timesteps and noise are drawn from a generator
+    seeded by (seed, step) for the whole batch, so a resumed or sharded run draws the same ones."""
+    label = "train diffusion"
+    # the learning rate is constant, so a finished run may be resumed with more steps and stay exact
+    resumable_changes = (*RESUMABLE_CHANGES, "train.max_steps")
 
-    def latents(x):
-        if vae is None:
+    def __init__(self, recipe: DiffusionRecipe):
+        from accelerate import Accelerator
+        from diffusers import DDPMScheduler
+        tr = self.tr = recipe.train
+        self.recipe, self.spec = recipe, recipe.loss_spec()
+        self.acc = Accelerator(mixed_precision=_precision(tr.mixed_precision), cpu=not torch.cuda.is_available())
+        torch.manual_seed(tr.seed)
+        self.out_dir = Path(recipe.output_dir)
+        self.metrics_path = self.out_dir / "metrics.jsonl"
+        self.data = PairData(recipe, self.spec[0])
+        self.dataset_ref, self.info, self.log_event, self.bco = self.data.ref, {"rows_dropped": self.data.dropped}, \
+            None, None
+        self.text = TextEncoder(recipe.text_encoder, self.acc.device)
+        policy = build_denoiser(recipe.denoiser)
+        if recipe.lora is not None:
+            from peft import LoraConfig
+            policy.requires_grad_(False)
+            policy.add_adapter(LoraConfig(r=recipe.lora.r, lora_alpha=recipe.lora.alpha,
+                                          target_modules=recipe.lora.target_modules, init_lora_weights=True))
+            self.reference = None                                   # adapters off = the reference
+        else:
+            self.reference = copy.deepcopy(policy).requires_grad_(False).eval().to(self.acc.device)
+        self.vae = None
+        if recipe.vae:
+            from diffusers import AutoencoderKL
+            self.vae = AutoencoderKL.from_pretrained(recipe.vae).eval().requires_grad_(False).to(self.acc.device)
+        self.noise_sched = DDPMScheduler(num_train_timesteps=tr.num_train_timesteps, prediction_type=tr.prediction_type)
+        opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=tr.lr)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+        self.model, self.opt = self.acc.prepare(policy, opt)
+        self.acc.register_for_checkpointing(self.sched)
+        self.plan = [Step(None, (tuple(b),)) for b in _order(len(self.data), tr.seed, tr.max_steps, tr.batch_size)]
+
+    def latents(self, x):
+        if self.vae is None:
             return x
         if x.ndim == 5:   # frame-wise 2D VAE: [B,C,F,H,W] -> encode B·F frames -> back
             b, c, f, h, w = x.shape
-            z = latents(x.permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w))
+            z = self.latents(x.permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w))
             return z.reshape(b, f, *z.shape[1:]).permute(0, 2, 1, 3, 4)
-        return vae.encode(x).latent_dist.mean * vae.config.scaling_factor
+        return self.vae.encode(x).latent_dist.mean * self.vae.config.scaling_factor
 
-    def save(step: int, last: dict) -> Path:
-        final = out_dir / "checkpoints" / f"step-{step:06d}"
-        tmp = final.with_name(final.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        acc.save_state(str(tmp))
-        state = {"step": step, "dataset": data.ref, "config_sha256": recipe.config_hash(),
-                 "recipe": recipe.model_dump(mode="json"), "metrics": last}
-        (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2, default=str))
-        tmp.replace(final)
-        return final
+    def before_step(self, step: int) -> None:
+        self.step = step
 
-    last: dict = {}
-    t_run = time.perf_counter()
-    policy.train()
-    with metrics_path.open("a") as log:
-        for step in range(start, tr.max_steps):
-            t0 = time.perf_counter()
-            b = data.batch(plan[step])
-            g = _step_rng(tr.seed, step)
-            with torch.no_grad():
-                x_w, x_l = latents(b["x_w"].to(acc.device)), latents(b["x_l"].to(acc.device))
-            t = torch.randint(0, tr.num_train_timesteps, (x_w.shape[0],), generator=g).to(acc.device)
-            noise = torch.randn(x_w.shape, generator=g).to(acc.device)
-            with acc.autocast():
-                batch = pair_batch(policy, reference, x_w, x_l, text(b["c_w"]), text(b["c_l"]), t, noise, sched,
-                                   seg_mask=b.get("seg_mask"), seg_pref=b.get("seg_pref"), alpha=b.get("alpha"))
-                lo: LossOut = spec.fn(batch, params)
-            loss = lo.loss.mean()
-            acc.backward(loss)
-            gn = float(acc.clip_grad_norm_(policy.parameters(), tr.max_grad_norm)) if tr.max_grad_norm else None
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            dt = time.perf_counter() - t0
-            last = {"step": step + 1, "loss": float(loss.detach()), "grad_norm": gn, "lr": tr.lr,
-                    "examples": len(plan[step]), "examples_per_s": len(plan[step]) / dt, "step_time_s": dt,
-                    "mse_pol_w": float(batch.mse_pol_w.detach().mean()), "mse_pol_l": float(batch.mse_pol_l.detach().mean()),
-                    "mse_ref_w": float(batch.mse_ref_w.mean()), "mse_ref_l": float(batch.mse_ref_l.mean()),
-                    "peak_memory_mb": _peak_memory_mb()}
-            if lo.chosen_reward is not None:
-                last["reward_accuracy"] = float((lo.chosen_reward > lo.rejected_reward).float().mean())
-                last["margin"] = float((lo.chosen_reward - lo.rejected_reward).mean())
-            last |= {f"loss/{k}": float(v.float().mean()) for k, v in lo.metrics.items()}
-            if not math.isfinite(last["loss"]):
-                raise FloatingPointError(f"loss is {last['loss']} at step {step + 1}")
-            if (step + 1) % tr.log_every == 0 or step + 1 == tr.max_steps:
-                log.write(json.dumps(last) + "\n")
-                log.flush()
-            if tr.save_every and (step + 1) % tr.save_every == 0 and step + 1 < tr.max_steps:
-                save(step + 1, last)
-    ckpt = save(tr.max_steps, last)
-    final = out_dir / "final"
-    model = acc.unwrap_model(policy)
-    if recipe.lora is not None:
-        model.save_lora_adapter(str(final))
-    else:
-        model.save_pretrained(str(final))
-    return {"output_dir": str(out_dir), "final_model": str(final), "checkpoint": str(ckpt), "dataset": data.ref,
-            "config_sha256": recipe.config_hash(), "steps": tr.max_steps, "resumed_from": start,
-            "rows_dropped": data.dropped, "seconds": time.perf_counter() - t_run, "last": last}
+    def step_loss(self, idx: tuple[int, ...]):
+        full = self.plan[self.step].micro[0]
+        pos = torch.tensor([full.index(i) for i in idx])    # this process's rows of the step's batch
+        b, dev = self.data.batch(list(idx)), self.acc.device
+        g = _step_rng(self.tr.seed, self.step)
+        with torch.no_grad():
+            x_w, x_l = self.latents(b["x_w"].to(dev)), self.latents(b["x_l"].to(dev))
+        t = torch.randint(0, self.tr.num_train_timesteps, (len(full),), generator=g)[pos].to(dev)
+        noise = torch.randn((len(full), *x_w.shape[1:]), generator=g)[pos].to(dev)
+        with self.acc.autocast():
+            batch = pair_batch(self.model, self.reference, x_w, x_l, self.text(b["c_w"]), self.text(b["c_l"]), t,
+                               noise, self.noise_sched, seg_mask=b.get("seg_mask"), seg_pref=b.get("seg_pref"),
+                               alpha=b.get("alpha"))
+            lo: LossOut = self.spec[0].fn(batch, self.spec[1])
+        lo.metrics |= {k: getattr(batch, k).detach() for k in ("mse_pol_w", "mse_pol_l", "mse_ref_w", "mse_ref_l")}
+        return lo.loss.sum(), lo, 0, None
+
+    def save_final(self, final: Path) -> None:
+        model = self.acc.unwrap_model(self.model)
+        if self.recipe.lora is not None:
+            model.save_lora_adapter(str(final))
+        else:
+            model.save_pretrained(str(final))
+
+
+def train_diffusion(recipe: DiffusionRecipe, *, resume: bool = False) -> dict:
+    return DiffusionTrainer(recipe).run(resume=resume)
 
 
 def train_diffusion_from_recipe(path: str | Path, *, resume: bool = False) -> dict:

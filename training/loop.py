@@ -28,7 +28,14 @@ from transformers import get_cosine_schedule_with_warmup
 from prefdata.errors import PrefdataError
 from training.batches import RefStore, make_batch
 from training.budget import resolve_token_budget
-from training.checkpointing import check_resumable, checkpoint_dirs, load_latest_checkpoint, precision, write_checkpoint
+from training.checkpointing import (
+    RESUMABLE_CHANGES,
+    check_resumable,
+    checkpoint_dirs,
+    load_latest_checkpoint,
+    precision,
+    write_checkpoint,
+)
 from training.data import TrainData
 from training.forward import group_logps
 from training.logps import SequenceLogps, attn_implementation
@@ -64,6 +71,7 @@ class StepLoop:
     and `save_final`; the other hooks have defaults."""
     label = "train"
     event_extra: dict = {}
+    resumable_changes = RESUMABLE_CHANGES   # recipe keys a resume may change (checkpointing.check_resumable)
 
     def step_parts(self, idx: tuple[int, ...]) -> list[tuple[int, ...]]:
         return [idx]
@@ -97,7 +105,7 @@ class StepLoop:
         return final
 
     def load_latest(self) -> int:
-        check_resumable(self.out_dir, self.dataset_ref, self.recipe.canonical())
+        check_resumable(self.out_dir, self.dataset_ref, self.recipe.canonical(), self.resumable_changes)
         step, extra = load_latest_checkpoint(self.acc, self.out_dir, self.metrics_path)
         if extra is not None:
             self.load_extra(extra)
