@@ -103,5 +103,6 @@ def load_latest_checkpoint(acc, out_dir: Path, metrics_path: Path) -> tuple[int,
     extra_path = ckpts[-1] / "trainer_extra.pt"
     extra = torch.load(extra_path, weights_only=False) if extra_path.exists() else None
     step = json.loads((ckpts[-1] / "trainer_state.json").read_text())["step"]
-    truncate_metrics(metrics_path, step)
+    if acc.is_main_process:   # the one writer of metrics.jsonl
+        truncate_metrics(metrics_path, step)
     return step, extra

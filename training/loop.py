@@ -12,6 +12,7 @@ both run through it, so steps, metrics, checkpoints, resume and catalog events a
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -123,7 +124,8 @@ class StepLoop:
             raise PrefdataError(f"a micro-batch of the plan has fewer rows than the {world} processes (each needs "
                                 "at least one): raise train.batch_size or drop the last partial batch's rows")
         start = self.load_latest() if resume else 0
-        if not resume and self.metrics_path.exists():
+        main = self.acc.is_main_process   # only the main process touches metrics.jsonl (DDP: one writer)
+        if main and not resume and self.metrics_path.exists():
             self.metrics_path.unlink()
         self.before_run()
         last: dict = {}
@@ -133,7 +135,7 @@ class StepLoop:
                        TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=Console(stderr=True),
                        disable=not self.acc.is_main_process)
         t_run = time.perf_counter()
-        with bar, self.metrics_path.open("a") as log:
+        with bar, (self.metrics_path if main else Path(os.devnull)).open("a") as log:
             task = bar.add_task("train", total=len(plan), completed=start, info="")
             for step in range(start, len(plan)):
                 self.before_step(step)

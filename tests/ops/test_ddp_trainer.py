@@ -1,6 +1,7 @@
 """`prefdata train` under torchrun with two CPU processes (gloo DDP) shards every micro-batch between them and
 logs the same steps as one process on the whole batch: equal losses, reward accuracy, token counts and gradient
-norms; the reference pass runs once (main process first, the other finds its cache)."""
+norms (KTO: the same z0, pooled across processes); the reference pass runs once (main process first, the other
+finds its cache)."""
 from __future__ import annotations
 
 import json
@@ -29,7 +30,8 @@ def _metrics(out: Path) -> list[dict]:
     return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_two_process_training_equals_one_process(tmp_path):
+@pytest.mark.parametrize("loss", ["dpo_sigmoid", "kto"])
+def test_two_process_training_equals_one_process(tmp_path, loss):
     from training.tiny import make_tiny_model, texts_of_table
 
     pairs = pq.read_table(ROOT / "tests" / "data" / "training" / "hh_pairs.parquet")
@@ -45,7 +47,8 @@ def test_two_process_training_equals_one_process(tmp_path):
                                     "-m", "prefdata.cli"])):
         recipe = tmp_path / f"{name}.yaml"
         recipe.write_text(yaml.safe_dump({
-            "model": str(model), "dataset": str(data), "loss": {"name": "dpo_sigmoid", "beta": 0.1},
+            "model": str(model), "dataset": str(data), "loss": {"name": loss, "beta": 0.1},
+            **({"unpaired": {"from_pairs": True}} if loss == "kto" else {}),   # KTO: z0 pooled across processes
             "reference": {"model": str(model)}, "output_dir": str(tmp_path / name),
             "train": {"batch_size": 4, "grad_accum": 2, "max_length": 128, "max_steps": 3, "lr": 1e-3,
                       "warmup_ratio": 0.0, "seed": 0}}))
@@ -59,6 +62,8 @@ def test_two_process_training_equals_one_process(tmp_path):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-5, abs=1e-6)
         assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4)
         assert (b["reward_accuracy"], b["tokens"], b["examples"]) == (a["reward_accuracy"], a["tokens"], a["examples"])
+        if loss == "kto":
+            assert b["loss/kto_z0"] == pytest.approx(a["loss/kto_z0"], rel=1e-5, abs=1e-6)
     assert one[-1]["loss"] < one[0]["loss"]
     assert len(list((tmp_path / "ddp" / "reference").glob("reference-*"))) == 1
     assert sorted(p.name for p in (tmp_path / "ddp" / "checkpoints").iterdir()) == ["step-000003"]
