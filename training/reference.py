@@ -49,8 +49,10 @@ def reference_identity(model_id: str, config, tokenizer, max_length: int, with_t
 @torch.no_grad()
 def compute_reference(lm, tokenizer, table: pa.Table, *, max_length: int, device, batch_size: int = 16,
                       token_budget: int = 8192, with_tokens: bool = False, chunk: int | None = None,
-                      progress=None, options: DataOptions | None = None) -> dict[str, pa.Array]:
-    """Reference log-probs as Arrow columns aligned with `table` (null where a row cannot be trained on)."""
+                      progress=None, options: DataOptions | None = None, layout: str = "shared"
+                      ) -> dict[str, pa.Array]:
+    """Reference log-probs as Arrow columns aligned with `table` (null where a row cannot be trained on).
+    `layout`: the packing the training run uses, so at step 1 the policy's log-probs equal these bit for bit."""
     data = build_train_data(table, tokenizer, max_length=max_length, options=options)
     was_training = lm.training
     lm.eval()
@@ -63,11 +65,11 @@ def compute_reference(lm, tokenizer, table: pa.Table, *, max_length: int, device
     for s in range(0, len(data.groups), batch_size):
         part = data.groups[s:s + batch_size]
         out = group_logps(model, part, pad_id=tokenizer.pad_token_id, device=device, token_budget=token_budget,
-                          with_tokens=with_tokens)
+                          with_tokens=with_tokens, layout=layout)
         sums = out.sums.double().cpu().tolist()
         if data.kl_groups is not None:  # unpaired: the same rows' KL samples
             kl_out = group_logps(model, data.kl_groups[s:s + batch_size], pad_id=tokenizer.pad_token_id,
-                                 device=device, token_budget=token_budget).sums.double().cpu().tolist()
+                                 device=device, token_budget=token_budget, layout=layout).sums.double().cpu().tolist()
         i = 0
         for g in part:
             k = len(g.response_ids)
@@ -109,7 +111,8 @@ def with_columns(table: pa.Table, cols: dict[str, pa.Array]) -> pa.Table:
 
 def ensure_reference(ds: DatasetHandle, *, lm, tokenizer, model_id: str, max_length: int, device,
                      with_tokens: bool, cache_dir: Path, batch_size: int = 16, token_budget: int = 8192,
-                     progress=None, options: DataOptions | None = None) -> tuple[DatasetHandle, dict]:
+                     progress=None, options: DataOptions | None = None,
+                     layout: str = "shared") -> tuple[DatasetHandle, dict]:
     """Make sure `ds` carries reference log-probs of `model_id`; returns the (possibly new) dataset and a
     status dict {"status": "computed"|"skipped", "ref": name@version or cache path, "reference": identity}."""
     ident = reference_identity(model_id, lm.config, tokenizer, max_length, with_tokens, options)
@@ -128,6 +131,7 @@ def ensure_reference(ds: DatasetHandle, *, lm, tokenizer, model_id: str, max_len
                 return found, {"status": "skipped", "ref": found.ref, "reference": ident}
         cols = compute_reference(lm, tokenizer, ds.table, max_length=max_length, device=device,
                                  batch_size=batch_size, token_budget=token_budget, with_tokens=with_tokens,
+                                 layout=layout,
                                  progress=progress, options=options)
         table = with_columns(ds.table, cols)
         rows_kept = sum(v is not None for v in next(iter(cols.values())).to_pylist())
@@ -147,7 +151,7 @@ def ensure_reference(ds: DatasetHandle, *, lm, tokenizer, model_id: str, max_len
         return DatasetHandle(table, ref=ds.ref, path=ds.path), {"status": "skipped", "ref": str(cache),
                                                                "reference": ident}
     cols = compute_reference(lm, tokenizer, ds.table, max_length=max_length, device=device, batch_size=batch_size,
-                             token_budget=token_budget, with_tokens=with_tokens, progress=progress,
+                             token_budget=token_budget, with_tokens=with_tokens, progress=progress, layout=layout,
                              options=options)
     table = with_columns(ds.table, cols)
     table = table.replace_schema_metadata({**(table.schema.metadata or {}),

@@ -19,10 +19,12 @@ from training.data import (
     build_train_data,
     open_catalog,
     open_dataset,
+    table_kind,
     unpaired_ref_columns,
 )
-from training.logps import ADAPTERS_OFF
+from training.logps import ADAPTERS_OFF, attn_implementation
 from training.loop import RunSetup, train
+from training.packing import resolve_layout
 from training.plan import make_plan
 from training.recipe import TrainRecipe, data_options, load_train_recipe, needs_reference, online_reference
 from training.reference import ensure_reference
@@ -63,7 +65,10 @@ def prepare_reference(recipe: TrainRecipe, spec, ds, lm, tok, out_dir: Path, opt
                                       max_length=recipe.train.max_length, device=_device(),
                                       with_tokens="token_logps" in spec.needs, cache_dir=out_dir / "reference",
                                       batch_size=recipe.reference.batch_size, token_budget=budget,
-                                      options=options)
+                                      options=options,
+                                      layout=resolve_layout(recipe.train.layout, device=_device(),
+                                                            kind=table_kind(ds.table.column_names),
+                                                            attn_impl=attn_implementation(ref_lm)))
     if not same:
         del ref_lm
         gc.collect()

@@ -92,3 +92,10 @@ def test_tdpo2_with_lora_reference_trains(tmp_path, tiny_model_dir, pairs8):
     assert abs(m[0]["loss"] - math.log(2)) < 1e-6 and abs(m[0]["loss/seq_kl_gap"]) < 1e-6
     assert all(math.isfinite(r["loss"]) for r in m) and m[-1]["loss"] < m[0]["loss"]
     assert any(abs(r["loss/seq_kl_gap"]) > 1e-6 for r in m[1:])   # the policy moved away from the reference
+
+
+def test_rows_layout_run_starts_exactly_at_ln2(tmp_path, tiny_model_dir, pairs8):
+    """The reference pass packs like the training run, so at step 1 (policy == reference) DPO is ln 2 exactly."""
+    res = train_from_recipe(_recipe(tmp_path, model=tiny_model_dir, dataset=pairs8, loss={"name": "dpo_sigmoid"},
+                                    reference={"model": str(tiny_model_dir)}, train={"layout": "rows"}))
+    assert res["layout"] == "rows" and _metrics(res)[0]["loss"] == pytest.approx(math.log(2), abs=1e-7)
