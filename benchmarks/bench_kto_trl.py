@@ -74,7 +74,7 @@ def unpaired_dataset(data: str):
 
 def worker_trl(model: str, data: str, out: str, steps: int | None, precompute: bool) -> dict:
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import KTOConfig, KTOTrainer
 
     torch.manual_seed(0)
@@ -82,14 +82,7 @@ def worker_trl(model: str, data: str, out: str, steps: int | None, precompute: b
     lm = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32)
     ref = None if precompute else AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32)
     ds = unpaired_dataset(data)
-    times: list[float] = []
-
-    class Timer(TrainerCallback):
-        def on_step_begin(self, args, state, control, **kw):
-            self.t0 = time.perf_counter()
-
-        def on_step_end(self, args, state, control, **kw):
-            times.append(time.perf_counter() - self.t0)
+    timer, times = worker_runs.step_timer()
 
     # TRL's defaults otherwise (gradient checkpointing on, fused LM head, sequential sampling: its KL samples
     # are the batch's completions rotated by one)
@@ -99,7 +92,7 @@ def worker_trl(model: str, data: str, out: str, steps: int | None, precompute: b
                     use_cpu=True, bf16=False, seed=0, precompute_ref_log_probs=precompute,
                     dataloader_num_workers=0, disable_tqdm=True, warmup_steps=0)
     trainer = KTOTrainer(model=lm, ref_model=ref, args=cfg, train_dataset=ds, processing_class=tok,
-                         callbacks=[Timer()])
+                         callbacks=[timer])
     t0 = time.perf_counter()
     trainer.train()
     wall = time.perf_counter() - t0

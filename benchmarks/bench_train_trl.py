@@ -81,7 +81,7 @@ def worker_trl(model: str, data: str, out: str, steps: int | None, precompute: b
     import datasets
     import pyarrow.parquet as pq
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOConfig, DPOTrainer
 
     torch.manual_seed(0)
@@ -89,21 +89,14 @@ def worker_trl(model: str, data: str, out: str, steps: int | None, precompute: b
     lm = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32)
     t = pq.read_table(data).select(["prompt", "chosen", "rejected"])
     ds = datasets.Dataset(t)
-    times: list[float] = []
-
-    class Timer(TrainerCallback):
-        def on_step_begin(self, args, state, control, **kw):
-            self.t0 = time.perf_counter()
-
-        def on_step_end(self, args, state, control, **kw):
-            times.append(time.perf_counter() - self.t0)
+    timer, times = worker_runs.step_timer()
 
     cfg = DPOConfig(output_dir=out, per_device_train_batch_size=BATCH, max_length=MAX_LEN, beta=BETA,
                     loss_type=["sigmoid"], learning_rate=5e-7, num_train_epochs=1, max_steps=steps or -1,
                     logging_steps=1, save_strategy="no", report_to=[], use_cpu=True, bf16=False, seed=0,
                     precompute_ref_log_probs=precompute, dataloader_num_workers=0, disable_tqdm=True,
                     warmup_steps=0)
-    trainer = DPOTrainer(model=lm, args=cfg, train_dataset=ds, processing_class=tok, callbacks=[Timer()])
+    trainer = DPOTrainer(model=lm, args=cfg, train_dataset=ds, processing_class=tok, callbacks=[timer])
     t0 = time.perf_counter()
     trainer.train()
     wall = time.perf_counter() - t0

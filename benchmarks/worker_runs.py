@@ -27,3 +27,29 @@ def steady(r: dict) -> float:
     """examples/s over the steps after the first (the first includes one-time warm-up)."""
     t, n = r["step_times"][1:], r["examples"][1:]
     return sum(n) / sum(t) if t and sum(t) > 0 else float("nan")
+
+
+def step_timer():
+    """(a transformers TrainerCallback, the list it fills with each optimizer step's seconds). On a GPU the
+    clock is read after a synchronize, so a step's queued kernels are counted in it."""
+    import time
+
+    import torch
+    from transformers import TrainerCallback
+
+    times: list[float] = []
+
+    def sync() -> None:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+
+    class Timer(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kw):
+            sync()
+            self.t0 = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):
+            sync()
+            times.append(time.perf_counter() - self.t0)
+
+    return Timer(), times

@@ -17,7 +17,6 @@ import argparse
 import json
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -97,31 +96,20 @@ def worker_trl(model, data, out, steps, batch, max_length, device, precompute) -
     import datasets
     import pyarrow.parquet as pq
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOConfig, DPOTrainer
 
     tok = AutoTokenizer.from_pretrained(model)
     lm = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32)
     ds = datasets.Dataset(pq.read_table(data).select(["prompt", "chosen", "rejected"]))
-    times: list[float] = []
-
-    class Timer(TrainerCallback):
-        def on_step_begin(self, args, state, control, **kw):
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-            self.t0 = time.perf_counter()
-
-        def on_step_end(self, args, state, control, **kw):
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - self.t0)
+    timer, times = worker_runs.step_timer()
 
     cfg = DPOConfig(output_dir=out, per_device_train_batch_size=batch, max_length=max_length, beta=0.1,
                     loss_type=["sigmoid"], learning_rate=1e-6, max_steps=steps, logging_steps=1,
                     save_strategy="no", report_to=[], use_cpu=device == "cpu", bf16=device == "cuda", seed=0,
                     precompute_ref_log_probs=precompute, dataloader_num_workers=0, disable_tqdm=True,
                     warmup_steps=0)
-    trainer = DPOTrainer(model=lm, args=cfg, train_dataset=ds, processing_class=tok, callbacks=[Timer()])
+    trainer = DPOTrainer(model=lm, args=cfg, train_dataset=ds, processing_class=tok, callbacks=[timer])
     trainer.train()
     logs = [h for h in trainer.state.log_history if "loss" in h]
     return {"step_times": times, "examples": [batch] * len(times), "first_loss": logs[0]["loss"],
