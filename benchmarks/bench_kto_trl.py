@@ -104,10 +104,7 @@ def worker_trl(model: str, data: str, out: str, steps: int | None, precompute: b
 
 
 def run_worker(*args: str) -> dict:
-    r = worker_runs.run_worker(__file__, list(args))
-    if "error" in r:
-        raise RuntimeError(f"worker {args[0]} failed:\n{r['stderr_tail']}")
-    return r
+    return worker_runs.run_worker_or_raise(__file__, list(args))
 
 
 def load_average() -> float:

@@ -53,3 +53,11 @@ def step_timer():
             times.append(time.perf_counter() - self.t0)
 
     return Timer(), times
+
+
+def run_worker_or_raise(script: str, args: list[str]) -> dict:
+    """`run_worker`, raising with the worker's stderr when it failed (CPU benches: a failure is a bug here)."""
+    r = run_worker(script, args)
+    if "error" in r:
+        raise RuntimeError(f"worker {args[0]} failed:\n{r['stderr_tail']}")
+    return r
