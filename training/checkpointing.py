@@ -50,6 +50,7 @@ def write_checkpoint(acc, out_dir: Path, step: int, state: dict, extra: dict | N
         shutil.rmtree(tmp, ignore_errors=True)
     acc.wait_for_everyone()
     acc.save_state(str(tmp))
+    acc.wait_for_everyone()   # every process's RNG state is in tmp before it is renamed (DDP)
     if acc.is_main_process:
         if extra is not None:
             torch.save(extra, tmp / "trainer_extra.pt")

@@ -67,3 +67,6 @@ def test_two_process_training_equals_one_process(tmp_path, loss):
     assert one[-1]["loss"] < one[0]["loss"]
     assert len(list((tmp_path / "ddp" / "reference").glob("reference-*"))) == 1
     assert sorted(p.name for p in (tmp_path / "ddp" / "checkpoints").iterdir()) == ["step-000003"]
+    # both processes' RNG states are inside the checkpoint (not left in a stray .tmp dir)
+    assert {p.name for p in (tmp_path / "ddp" / "checkpoints" / "step-000003").glob("random_states_*")} == \
+        {"random_states_0.pkl", "random_states_1.pkl"}
