@@ -20,7 +20,7 @@ def group_logps(model, groups: list[Group], *, pad_id: int, device, token_budget
     sums, counts, index, toks, masks, kls, refs = [], [], [], [], [], [], []
     for part in split_by_tokens(groups, token_budget, layout):
         packed = pack([groups[i] for i in part], pad_id, layout).to(device)
-        out = model(packed, with_tokens, with_kl) if with_kl else model(packed, with_tokens)
+        out = model(packed, with_tokens, with_kl)
         sums.append(out.sums)
         if with_kl:
             kls.append(out.kl)

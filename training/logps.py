@@ -16,6 +16,8 @@ import torch
 from torch import nn
 
 from prefdata.errors import RecipeError
+from training.head_grad import accumulate_head_grads, head_grad_buffers
+from training.seq_kl import chunked_logps_and_kl
 
 
 class _ChunkedTokenLogps(torch.autograd.Function):
@@ -44,14 +46,10 @@ class _ChunkedTokenLogps(torch.autograd.Function):
     def backward(ctx, grad_out):
         hidden, weight, bias, targets, lse = ctx.saved_tensors
         chunk, cdt = ctx.chunk, ctx.compute_dtype
-        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        need_b = bias is not None and ctx.needs_input_grad[2]
         w = weight.to(cdt)
         b = None if bias is None else bias.to(cdt)
         acc = torch.promote_types(weight.dtype, torch.float32)  # weight grads accumulate in >= fp32
-        gh = torch.empty_like(hidden) if need_h else None
-        gw = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_w else None
-        gb = torch.zeros(bias.shape, dtype=acc, device=bias.device) if need_b else None
+        gh, gw, gb = head_grad_buffers(ctx, hidden, weight, bias, acc)
         for s in range(0, hidden.shape[0], chunk):
             h = hidden[s:s + chunk].to(cdt)
             g = grad_out[s:s + chunk, None]
@@ -60,16 +58,10 @@ class _ChunkedTokenLogps(torch.autograd.Function):
             dlogits.sub_(lse[s:s + chunk, None]).exp_().mul_(-g)
             dlogits.scatter_add_(1, targets[s:s + chunk, None], g)
             dl = dlogits.to(cdt)  # no copy when the head computes in fp32/fp64
-            if need_b:
+            if gb is not None:
                 gb += dlogits.sum(0).to(acc)
             del dlogits
-            if need_h:
-                gh[s:s + chunk] = (dl @ w).to(hidden.dtype)
-            if need_w:
-                if dl.dtype == acc:
-                    gw.addmm_(dl.t(), h)  # accumulate in place: no [vocab, hidden] temporary per chunk
-                else:
-                    gw += (dl.t() @ h).to(acc)
+            accumulate_head_grads(dl, h, w, slice(s, s + chunk), acc=acc, hidden_dtype=hidden.dtype, gh=gh, gw=gw)
         return (gh, None if gw is None else gw.to(weight.dtype), None if gb is None else gb.to(bias.dtype),
                 None, None, None)
 
@@ -200,7 +192,6 @@ class SequenceLogps(nn.Module):
         chunk = self.chunk or auto_chunk(head.weight.shape[0], sel.device)
         kl = ref_sums = None
         if with_kl:
-            from training.seq_kl import chunked_logps_and_kl
             ref_sel, ref_head = self._reference_hidden(b)
             # the KL pass keeps two chunks of logits alive: half the chunk keeps the same memory bound
             tok, ref_tok, kl_tok = chunked_logps_and_kl(sel, head, b.targets, ref_sel, ref_head,

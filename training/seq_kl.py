@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from training.head_grad import accumulate_head_grads, head_grad_buffers
+
 
 def _logits(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, out_dtype: torch.dtype) -> torch.Tensor:
     return nn.functional.linear(h, w, b).to(out_dtype)
@@ -51,11 +53,7 @@ class _ChunkedLogpsKL(torch.autograd.Function):
         acc = torch.promote_types(weight.dtype, torch.float32)
         g_lp = torch.zeros_like(lse) if g_lp is None else g_lp.to(lse.dtype)
         g_kl = torch.zeros_like(lse) if g_kl is None else g_kl.to(lse.dtype)
-        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        need_b = bias is not None and ctx.needs_input_grad[2]
-        gh = torch.empty_like(hidden) if need_h else None
-        gw = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_w else None
-        gb = torch.zeros(bias.shape, dtype=acc, device=bias.device) if need_b else None
+        gh, gw, gb = head_grad_buffers(ctx, hidden, weight, bias, acc)
         for s in range(0, hidden.shape[0], chunk):
             sl = slice(s, s + chunk)
             h = hidden[sl].to(cdt)
@@ -66,16 +64,11 @@ class _ChunkedLogpsKL(torch.autograd.Function):
             dz.sub_(pr.mul_(k))
             dz.scatter_add_(1, targets[sl, None], a)
             del pr, zr
-            if need_b:
+            if gb is not None:
                 gb += dz.sum(0).to(acc)
             dl = dz.to(cdt)
-            if need_h:
-                gh[sl] = (dl @ w).to(hidden.dtype)
-            if need_w:
-                if dl.dtype == acc:
-                    gw.addmm_(dl.t(), h)
-                else:
-                    gw += (dl.t() @ h).to(acc)
+            del dz
+            accumulate_head_grads(dl, h, w, sl, acc=acc, hidden_dtype=hidden.dtype, gh=gh, gw=gw)
         return (gh, None if gw is None else gw.to(weight.dtype), None if gb is None else gb.to(bias.dtype),
                 None, None, None, None, None, None)
 
