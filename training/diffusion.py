@@ -327,7 +327,9 @@ class DiffusionTrainer(StepLoop):
 
     def step_loss(self, idx: tuple[int, ...]):
         full = self.plan[self.step].micro[0]
-        pos = torch.tensor([full.index(i) for i in idx])    # this process's rows of the step's batch
+        # this process's positions in the step's batch (StepLoop gives it every world-th row); positions, not a
+        # lookup by row id, since a batch that spans two epochs may hold the same row twice
+        pos = torch.arange(self.acc.process_index, len(full), self.acc.num_processes)
         b, dev = self.data.batch(list(idx)), self.acc.device
         g = _step_rng(self.tr.seed, self.step)
         with torch.no_grad():
