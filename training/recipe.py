@@ -81,7 +81,27 @@ class LoraSection(_Section):
     target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
 
 
-class TrainRecipe(_Section):
+class _LossRecipe(_Section):
+    """What every training recipe shares: a `loss` mapping validated against the registry, and its identity."""
+
+    def loss_name(self) -> str:
+        """`loss.name`; a missing one is a validation error (raised from the recipe's model validator)."""
+        name = self.loss.get("name") if isinstance(self.loss, dict) else None
+        if not name:
+            raise ValueError("loss.name is required")
+        return name
+
+    def loss_spec(self):
+        return resolve_loss(self.loss_name(), {k: v for k, v in self.loss.items() if k != "name"}, where="loss")
+
+    def canonical(self) -> dict:
+        return self.model_dump(mode="json")
+
+    def config_hash(self) -> str:
+        return hashlib.sha256(json.dumps(self.canonical(), sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+class TrainRecipe(_LossRecipe):
     model: str
     dataset: str
     loss: dict
@@ -101,21 +121,8 @@ class TrainRecipe(_Section):
 
     @model_validator(mode="after")
     def _loss_is_valid(self) -> TrainRecipe:
-        name = self.loss.get("name") if isinstance(self.loss, dict) else None
-        if not name:
-            raise ValueError("loss.name is required")
-        resolve_loss(name, {k: v for k, v in self.loss.items() if k != "name"}, where="loss")
+        self.loss_spec()
         return self
-
-    def loss_spec(self):
-        name = self.loss["name"]
-        return resolve_loss(name, {k: v for k, v in self.loss.items() if k != "name"}, where="loss")
-
-    def canonical(self) -> dict:
-        return self.model_dump(mode="json")
-
-    def config_hash(self) -> str:
-        return hashlib.sha256(json.dumps(self.canonical(), sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 SUPPORTED_KINDS = ("pair", "list", "unpaired")

@@ -14,8 +14,6 @@ that needs something the VLM path cannot provide, a dataset without prompt/image
 reference source the recipe or the dataset cannot back."""
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Literal
 
@@ -24,11 +22,11 @@ from pydantic import Field, model_validator
 
 from prefdata.errors import RecipeError
 from training.data import PAIR_REF
-from training.losses import resolve_loss
 from training.recipe import (
     CurriculumSection,
     LoraSection,
     TrainSection,
+    _LossRecipe,
     _Section,
     read_recipe_yaml,
     recipe_dataset_columns,
@@ -70,7 +68,7 @@ class VlmReferenceSection(_Section):
     batch_size: int = Field(4, ge=1, description="rows per forward of the precompute pass")
 
 
-class VlmRecipe(_Section):
+class VlmRecipe(_LossRecipe):
     vlm: VlmSection
     dataset: str
     loss: dict
@@ -82,9 +80,7 @@ class VlmRecipe(_Section):
 
     @model_validator(mode="after")
     def _check(self) -> VlmRecipe:
-        name = self.loss.get("name") if isinstance(self.loss, dict) else None
-        if not name:
-            raise ValueError("loss.name is required")
+        name = self.loss_name()
         spec, _ = self.loss_spec()
         if spec.kind != "pair":
             raise RecipeError(f"loss {name!r} is a {spec.kind} loss; VLM training trains pair losses "
@@ -105,9 +101,6 @@ class VlmRecipe(_Section):
                               "text-only)", path="curriculum.mode")
         return self
 
-    def loss_spec(self):
-        return resolve_loss(self.loss["name"], {k: v for k, v in self.loss.items() if k != "name"}, where="loss")
-
     def reference_source(self, columns) -> str:
         """The concrete reference source for a dataset with these columns ('free' for reference-free losses)."""
         spec, _ = self.loss_spec()
@@ -119,11 +112,6 @@ class VlmRecipe(_Section):
             return "dataset"
         return "adapters" if self.lora is not None else "copy"
 
-    def canonical(self) -> dict:
-        return self.model_dump(mode="json")
-
-    def config_hash(self) -> str:
-        return hashlib.sha256(json.dumps(self.canonical(), sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def is_vlm_recipe(path: str | Path) -> bool:
