@@ -11,12 +11,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_worker(script: str, args: list[str], *, extra_path: str | None = None) -> dict:
+def run_worker(script: str, args: list[str], *, extra_path: str | None = None, timeout: float | None = None) -> dict:
     """Run `script --worker ARGS` with the repo (and `extra_path`, e.g. carried TRL wheels) on PYTHONPATH.
-    Returns the worker's JSON, or {"error", "stderr_tail"} when it failed."""
+    Returns the worker's JSON, or {"error", "stderr_tail"} when it failed or ran past `timeout` seconds."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), extra_path) if p),
            "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
-    p = subprocess.run([sys.executable, script, "--worker", *args], env=env, capture_output=True, text=True)
+    try:
+        p = subprocess.run([sys.executable, script, "--worker", *args], env=env, capture_output=True, text=True,
+                           timeout=timeout)
+    except subprocess.TimeoutExpired as e:
+        tail = e.stderr.decode(errors="replace") if isinstance(e.stderr, bytes) else (e.stderr or "")
+        return {"error": f"timeout after {timeout:.0f} s", "stderr_tail": tail[-3000:]}
     if p.returncode != 0:
         return {"error": p.stderr.strip().splitlines()[-1] if p.stderr.strip() else f"exit {p.returncode}",
                 "stderr_tail": p.stderr[-3000:]}

@@ -44,6 +44,7 @@ from training.losses import LossSpec, RunningMean
 from training.packing import resolve_layout, split_by_tokens
 from training.plan import Step, stage_starts
 from training.recipe import TrainRecipe
+from training.sr_adamw import make_adamw
 from training.step_stats import StepStats
 from training.unpaired import UnpairedMicro
 
@@ -191,9 +192,7 @@ class Trainer(StepLoop):
         head_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.acc.mixed_precision)
         model = SequenceLogps(s.lm, chunk=t.logp_chunk, compute_dtype=head_dtype, reference=s.online_ref)
         params = [p for p in model.parameters() if p.requires_grad]
-        # fused AdamW: one kernel per step instead of a dozen per parameter (CPU: ~8x faster, no temporaries)
-        opt = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay,
-                                fused=all(p.is_floating_point() for p in params))
+        opt = make_adamw(params, lr=t.lr, weight_decay=t.weight_decay, master_weights=t.master_weights, seed=t.seed)
         warmup = int(round(t.warmup_ratio * len(s.plan)))
         self.sched = get_cosine_schedule_with_warmup(opt, warmup, max(1, len(s.plan)))
         self.model, self.opt = self.acc.prepare(model, opt)

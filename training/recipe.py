@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 from typing import Literal
 
+import torch
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -47,11 +48,25 @@ class TrainSection(_Section):
         "per response (prompt repeated; what fused attention kernels run natively); auto: rows for pairs on a GPU, "
         "shared otherwise (lists, CPU)")
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"   # auto: bf16 on a GPU, fp32 on CPU
+    master_weights: Literal["fp32", "bf16"] = Field(
+        "fp32", description="fp32: weights, gradients and AdamW moments in fp32 (16 bytes per trained parameter; "
+        "bf16 compute under autocast); bf16: all of them in bf16 (8 bytes), the AdamW update written back with "
+        "stochastic rounding so small steps are not lost (training/sr_adamw.py)")
     logp_chunk: int | None = Field(None, ge=1, description="positions per LM-head chunk; None = auto")
     token_budget: int | None = Field(None, ge=64, description="padded tokens per forward(+backward) sub-batch; "
                                      "None = auto (GPU: from free memory, usually the whole micro-batch; CPU: 1024)")
     save_every: int = Field(0, ge=0, description="checkpoint every N steps (0 = only at the end)")
     log_every: int = Field(1, ge=1)
+
+    @model_validator(mode="after")
+    def _precision_pair(self):
+        if self.master_weights == "bf16" and self.mixed_precision == "fp16":
+            raise ValueError("master_weights bf16 computes in bf16: mixed_precision fp16 would cast every bf16 "
+                             "weight to fp16 (a narrower range); use mixed_precision bf16 or auto")
+        return self
+
+    def weights_dtype(self) -> torch.dtype:
+        return torch.bfloat16 if self.master_weights == "bf16" else torch.float32
 
 
 class ReferenceSection(_Section):

@@ -32,12 +32,14 @@ from training.unpaired import kto_balance
 from training.vlm_recipe import is_vlm_recipe
 
 
-def load_model(path: str, *, trust_remote_code: bool, tokenizer: str | None = None):
+def load_model(path: str, *, trust_remote_code: bool, tokenizer: str | None = None,
+               dtype: torch.dtype = torch.float32):
+    """Weights in `dtype` (train.master_weights), whatever dtype the checkpoint was saved in."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
         tok = AutoTokenizer.from_pretrained(tokenizer or path, trust_remote_code=trust_remote_code)
-        lm = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=trust_remote_code, dtype=torch.float32)
+        lm = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=trust_remote_code, dtype=dtype)
     except (OSError, ValueError) as e:
         raise RecipeError(f"cannot load {path!r}: {str(e).splitlines()[0]}", path="model") from None
     if tok.pad_token is None:  # same choice as TRL: pad with eos (padding never reaches the loss)
@@ -55,7 +57,8 @@ def prepare_reference(recipe: TrainRecipe, spec, ds, lm, tok, out_dir: Path, opt
         return ds, {"status": "from dataset" if needs_reference(spec, recipe) else "not needed"}
     same = Path(recipe.reference.model).resolve() == Path(recipe.model).resolve() \
         if Path(recipe.model).exists() else recipe.reference.model == recipe.model
-    ref_lm = lm if same else load_model(recipe.reference.model, trust_remote_code=recipe.trust_remote_code)[0]
+    ref_lm = lm if same else load_model(recipe.reference.model, trust_remote_code=recipe.trust_remote_code,
+                                                         dtype=recipe.train.weights_dtype())[0]
     ref_lm.to(_device())
     # no-grad forwards keep one layer's activations at a time: budget as if checkpointed
     budget = resolve_token_budget(recipe.train.token_budget, ref_lm, _device(), grad_checkpointing=True,
@@ -84,7 +87,8 @@ def online_reference_model(recipe: TrainRecipe, spec, lm):
         return None
     if not recipe.reference.model:
         return ADAPTERS_OFF
-    ref = load_model(recipe.reference.model, trust_remote_code=recipe.trust_remote_code)[0]
+    ref = load_model(recipe.reference.model, trust_remote_code=recipe.trust_remote_code,
+                                                         dtype=recipe.train.weights_dtype())[0]
     return ref.to(_device()).eval().requires_grad_(False)
 
 
@@ -95,7 +99,8 @@ def _prepare(recipe: TrainRecipe, spec, ds, out_dir: Path):
         completions = [c for col in ("completion", "response") if col in ds.table.column_names  # unpaired tables
                        for c in ds.table.column(col).to_pylist() if isinstance(c, str)]
         make_tiny_model(recipe.model, texts_of_table(ds.table) + completions)
-    lm, tok = load_model(recipe.model, trust_remote_code=recipe.trust_remote_code, tokenizer=recipe.tokenizer)
+    lm, tok = load_model(recipe.model, trust_remote_code=recipe.trust_remote_code, tokenizer=recipe.tokenizer,
+                         dtype=recipe.train.weights_dtype())
     options = data_options(recipe)
     options.template(tok)  # chat_template: true without a template fails here, before any reference pass
     ds, ref_status = prepare_reference(recipe, spec, ds, lm, tok, out_dir, options)

@@ -59,6 +59,9 @@ class VlmTrainSection(TrainSection):
         if self.token_budget is not None:
             raise ValueError("token_budget is a text-packing option; the VLM trainer forwards whole micro-batches "
                              "(lower batch_size instead)")
+        if self.master_weights != "fp32":
+            raise ValueError("master_weights bf16 is a text-trainer option; the VLM trainer keeps fp32 weights "
+                             "(LoRA keeps its trainable state small)")
         return self
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -70,29 +71,86 @@ def _mem() -> float:
     return torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
 
 
-def worker_ours(model, data, out, steps, batch, max_length, device, token_budget=None, grad_ckpt=False,
-                layout="auto") -> dict:
+VARIANT_KEYS = {"layout": ("auto", "shared", "rows"), "ckpt": ("0", "1"), "weights": ("fp32", "bf16"),
+                "budget": None}
+
+
+def parse_variant(spec: str) -> dict:
+    """`layout=rows,ckpt=1,weights=bf16,budget=4096` -> our trainer's settings (unset keys: recipe defaults)."""
+    out = {"layout": "auto", "ckpt": "0", "weights": "fp32", "budget": "auto"}
+    for part in filter(None, spec.split(",")):
+        k, _, v = part.partition("=")
+        if k not in VARIANT_KEYS or (VARIANT_KEYS[k] and v not in VARIANT_KEYS[k]):
+            raise SystemExit(f"bad variant part {part!r}; keys {sorted(VARIANT_KEYS)}")
+        out[k] = v
+    return out
+
+
+def worker_ours(model, data, out, steps, batch, max_length, device, variant: str, profile_dir: str | None = None) -> dict:
     import yaml
 
+    from training import loop
     from training.run import train_from_recipe
+    v = parse_variant(variant)
     recipe = {"model": model, "dataset": data, "loss": {"name": "dpo_sigmoid", "beta": 0.1}, "output_dir": out,
               "reference": {"model": model},
               "train": {"batch_size": batch, "max_length": max_length, "lr": 1e-6, "warmup_ratio": 0.0,
                         "max_steps": steps, "seed": 0, "mixed_precision": "bf16" if device == "cuda" else "no",
-                        "token_budget": token_budget, "grad_checkpointing": grad_ckpt, "layout": layout}}
+                        "token_budget": parse_budget(v["budget"]), "grad_checkpointing": v["ckpt"] == "1",
+                        "layout": v["layout"], "master_weights": v["weights"]}}
     p = Path(out + ".yaml")
     p.write_text(yaml.safe_dump(recipe))
+    # benchmark only: skip the end-of-run checkpoint (model + AdamW state, ~6 GB for this shape) and final model
+    # writes, which TRL is told to skip too (save_strategy "no"); they are outside the timed steps either way
+    loop.StepLoop.save = lambda self, step, last: None
+    loop.Trainer.save_final = lambda self, final: None
+    prof = _profiler(profile_dir, steps) if profile_dir else None
+    if prof is not None:
+        step_hook = loop.Trainer.before_step
+
+        def before_step(self, step):
+            prof.step()
+            step_hook(self, step)
+        loop.Trainer.before_step = before_step
+        prof.start()
     train_from_recipe(p)
+    if prof is not None:
+        prof.step()
+        prof.stop()
+        _write_profile(prof, Path(profile_dir), variant)
     m = [json.loads(x) for x in (Path(out) / "metrics.jsonl").read_text().splitlines()]
     return {"step_times": [x["step_time_s"] for x in m], "examples": [x["examples"] for x in m],
             "tokens_run": [x["tokens"] for x in m], "first_loss": m[0]["loss"], "peak_mem_mb": _mem()}
+
+
+def _profiler(profile_dir: str, steps: int):
+    """torch.profiler over steps 3..steps-1 (after warm-up), CPU + CUDA activity."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile, schedule
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    active = max(1, steps - 3)
+    return profile(activities=acts, schedule=schedule(wait=2, warmup=1, active=active, repeat=1))
+
+
+def _write_profile(prof, out_dir: Path, variant: str) -> None:
+    """Top ops by device and by CPU self time, and how busy the device was over the profiled steps' wall time."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ka = prof.key_averages()
+    dev = sum(e.self_device_time_total for e in ka)  # us, kernels (and memcpys) summed over the active steps
+    events = [e for e in prof.events() if e.name.startswith("ProfilerStep")]
+    wall = sum(e.cpu_time_total for e in events)  # us
+    text = [f"variant {variant}: profiled steps {len(events)}, wall {wall / 1e3:.1f} ms, device self time "
+            f"{dev / 1e3:.1f} ms ({100 * dev / wall if wall else float('nan'):.0f}% busy)",
+            ka.table(sort_by="self_device_time_total", row_limit=30, max_name_column_width=70),
+            ka.table(sort_by="self_cpu_time_total", row_limit=30, max_name_column_width=70)]
+    (out_dir / f"profile_{variant.replace(',', '_').replace('=', '-') or 'default'}.txt").write_text("\n\n".join(text))
 
 
 def parse_budget(v: str) -> int | None:
     return None if v in ("auto", "None", "") else int(v)
 
 
-def worker_trl(model, data, out, steps, batch, max_length, device, precompute) -> dict:
+def worker_trl(model, data, out, steps, batch, max_length, device, precompute, bf16_weights=False) -> dict:
     import datasets
     import pyarrow.parquet as pq
     import torch
@@ -100,7 +158,7 @@ def worker_trl(model, data, out, steps, batch, max_length, device, precompute) -
     from trl import DPOConfig, DPOTrainer
 
     tok = AutoTokenizer.from_pretrained(model)
-    lm = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32)
+    lm = AutoModelForCausalLM.from_pretrained(model, dtype=torch.bfloat16 if bf16_weights else torch.float32)
     ds = datasets.Dataset(pq.read_table(data).select(["prompt", "chosen", "rejected"]))
     timer, times = worker_runs.step_timer()
 
@@ -116,8 +174,38 @@ def worker_trl(model, data, out, steps, batch, max_length, device, precompute) -
             "peak_mem_mb": _mem()}
 
 
-def run_worker(args: list[str], extra_path: str | None) -> dict:
-    return worker_runs.run_worker(__file__, args, extra_path=extra_path)
+def run_worker(args: list[str], extra_path: str | None, timeout: float | None = None) -> dict:
+    return worker_runs.run_worker(__file__, args, extra_path=extra_path, timeout=timeout)
+
+
+TRL_KINDS = {"trl_pre": "TRL, precompute_ref_log_probs, fp32 weights + bf16 autocast (its documented bf16=True)",
+             "trl": "TRL, online reference, fp32 weights + bf16 autocast",
+             "trl_pre_bf16w": "TRL, precompute, model loaded in bf16 (plain bf16 AdamW: no fp32 copy anywhere)"}
+
+
+def summarize(res: dict, a, n_params: int, tpp: float, peak: float | None, gpu: str) -> dict:
+    out = {"bench": "train_gpu", "device": gpu, "shape": a.shape, "params": n_params, "batch": a.batch,
+           "max_length": a.max_length, "steps": a.steps, "trl_tokens_per_pair": tpp, "ours_variants": a.ours,
+           "trl_settings": {k: TRL_KINDS[k] for k in a.trl}}
+    for k, r in res.items():
+        if "error" in r:
+            out[k] = r
+            continue
+        pps = steady(r)
+        out[k] = {"pairs_per_s": pps, "tokens_per_s": pps * tpp, "peak_mem_mb": r["peak_mem_mb"],
+                  "mfu": 6 * n_params * pps * tpp / peak if peak else None, "first_loss": r["first_loss"]}
+        if "tokens_run" in r:
+            out[k]["tokens_run_per_s"] = sum(r["tokens_run"][1:]) / sum(r["step_times"][1:])
+    trls = [k for k in a.trl if "pairs_per_s" in out.get(k, {})]
+    fp32_trls = [k for k in trls if k in ("trl_pre", "trl")]
+    if fp32_trls:
+        best = max(fp32_trls, key=lambda k: out[k]["pairs_per_s"])
+        out["best_trl_setting"] = best
+        for name in (n for n in res if n.startswith("ours") and "pairs_per_s" in out[n]):
+            out[name]["tokens_per_s_ratio_vs_best_trl"] = out[name]["tokens_per_s"] / out[best]["tokens_per_s"]
+            if "trl_pre" in trls and out[name]["peak_mem_mb"]:
+                out[name]["peak_mem_ratio_vs_trl_precompute"] = out[name]["peak_mem_mb"] / out["trl_pre"]["peak_mem_mb"]
+    return out
 
 
 def main() -> None:
@@ -129,60 +217,48 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--max-length", type=int, default=512)
     ap.add_argument("--trl-path", default=None, help="directory with trl/datasets installed (pip --target)")
-    ap.add_argument("--skip-trl-online-ref", action="store_true", help="only TRL's precompute setting")
-    ap.add_argument("--token-budget", default="auto", help="ours: padded tokens per sub-batch (auto: from free memory)")
-    ap.add_argument("--grad-checkpointing", action="store_true", help="ours: gradient checkpointing (TRL's default)")
-    ap.add_argument("--layout", nargs="+", default=["auto"], choices=["auto", "shared", "rows"],
-                    help="ours: packing layout(s); several run ours once per layout in the same call")
+    ap.add_argument("--ours", nargs="+", default=["layout=auto"],
+                    help="our trainer's variants, each one run: comma-separated layout=auto|shared|rows, ckpt=0|1 "
+                         "(gradient checkpointing), weights=fp32|bf16 (train.master_weights), budget=auto|N")
+    ap.add_argument("--trl", nargs="*", default=["trl_pre"], choices=sorted(TRL_KINDS), help="TRL settings to run")
+    ap.add_argument("--profile", default=None, help="one more run of this variant of ours under torch.profiler")
+    ap.add_argument("--out-dir", default=os.environ.get("OUT"), help="profile tables + results.json (default $OUT)")
+    ap.add_argument("--run-timeout", type=float, default=None, help="seconds per run; a slower run is reported")
+    ap.add_argument("--variant", default="", help=argparse.SUPPRESS)
+    ap.add_argument("--profile-dir", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.worker:
         kind, model, data, out, steps, batch, max_length, device = a.worker[:8]
         args = (model, data, out, int(steps), int(batch), int(max_length), device)
-        r = worker_ours(*args, token_budget=parse_budget(a.token_budget), grad_ckpt=a.grad_checkpointing,
-                        layout=a.layout[0]) if kind == "ours" else worker_trl(*args, precompute=(kind == "trl_pre"))
+        r = worker_ours(*args, variant=a.variant, profile_dir=a.profile_dir) if kind == "ours" else \
+            worker_trl(*args, precompute=kind != "trl", bf16_weights=kind == "trl_pre_bf16w")
         print(json.dumps(r))
         return
     import torch
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
     peak = next((v for k, v in PEAK_FLOPS.items() if k in gpu), None)
+    out_dir = Path(a.out_dir) if a.out_dir else None
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         model = tmp / "model"
         n_params = make_model(model, a.shape)
         tpp = trl_tokens_per_pair(str(model), str(DATA), a.max_length)
         common = [str(model), str(DATA)]
+        runs = [(f"ours[{v}]", "ours", v, None) for v in a.ours] + [(k, k, "", None) for k in a.trl]
+        if a.profile is not None:
+            runs.append((f"profile[{a.profile}]", "ours", a.profile, str(out_dir or tmp / "profile")))
         res = {}
-        runs = [(f"ours_{lay}" if len(a.layout) > 1 else "ours", "ours", lay) for lay in a.layout]
-        runs += [(k, k, None) for k in ["trl_pre"] + ([] if a.skip_trl_online_ref else ["trl"])]
-        for name, kind, lay in runs:
-            res[name] = run_worker([kind, *common, str(tmp / name), str(a.steps), str(a.batch),
-                                    str(a.max_length), a.device, "--token-budget", a.token_budget,
-                                    *(["--layout", lay] if lay else []),
-                                    *(["--grad-checkpointing"] if a.grad_checkpointing else [])], a.trl_path)
-        out = {"bench": "train_gpu", "device": gpu, "shape": a.shape, "params": n_params, "batch": a.batch,
-               "ours_token_budget": a.token_budget, "ours_layouts": a.layout, "ours_grad_checkpointing": a.grad_checkpointing,
-               "max_length": a.max_length, "steps": a.steps, "trl_tokens_per_pair": tpp}
-        for k, r in res.items():
-            if "error" in r:
-                out[k] = r
-                continue
-            pps = steady(r)
-            out[k] = {"pairs_per_s": pps, "tokens_per_s": pps * tpp, "peak_mem_mb": r["peak_mem_mb"],
-                      "mfu": 6 * n_params * pps * tpp / peak if peak else None, "first_loss": r["first_loss"]}
-            if "tokens_run" in r:
-                out[k]["tokens_run_per_s"] = sum(r["tokens_run"][1:]) / sum(r["step_times"][1:])
-        trls = [k for k in ("trl_pre", "trl") if "pairs_per_s" in out.get(k, {})]
-        for name in (n for n, kind, _ in runs if kind == "ours"):
-            if "pairs_per_s" not in out[name] or not trls:
-                continue
-            best = max(trls, key=lambda k: out[k]["pairs_per_s"])
-            sfx = name.removeprefix("ours")
-            out["tokens_per_s_ratio_vs_best_trl" + sfx] = out[name]["tokens_per_s"] / out[best]["tokens_per_s"]
-            out["peak_mem_ratio_vs_trl_precompute" + sfx] = (
-                out[name]["peak_mem_mb"] / out["trl_pre"]["peak_mem_mb"]
-                if "trl_pre" in trls and out[name]["peak_mem_mb"] else None)
-            out["best_trl_setting"] = best
-        print(json.dumps(out), flush=True)
+        for name, kind, variant, prof_dir in runs:
+            res[name] = run_worker([kind, *common, str(tmp / name.replace("[", "_").replace("]", "").replace(",", "_")),
+                                    str(a.steps), str(a.batch), str(a.max_length), a.device,
+                                    "--variant", variant, *(["--profile-dir", prof_dir] if prof_dir else [])],
+                                   a.trl_path, a.run_timeout)
+            partial = summarize(res, a, n_params, tpp, peak, gpu)
+            print(f"[bench_gpu] {name}: {json.dumps(partial.get(name))}", file=sys.stderr, flush=True)
+            if out_dir:
+                out_dir.mkdir(parents=True, exist_ok=True)
+                (out_dir / "results.json").write_text(json.dumps(partial, indent=1))
+        print(json.dumps(summarize(res, a, n_params, tpp, peak, gpu)), flush=True)
 
 
 if __name__ == "__main__":

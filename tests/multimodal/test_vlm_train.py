@@ -241,6 +241,7 @@ def test_unreadable_and_mismatched_rows_are_counted_drops(tmp_path, mia):
     ({"reference": {"source": "dataset"}}, "reference.source", "ref_logp_chosen"),
     ({"loss": {"name": "ld_dpo"}, "reference": {"source": "precompute"}}, "reference.source", "per-token"),
     ({"train": {"token_budget": 512}}, "train", "token_budget"),
+    ({"train": {"master_weights": "bf16"}}, "train", "text-trainer option"),
     ({"vlm": {"model_path": "x"}}, "vlm.model_path", "unknown key"),
     ({"curriculum": {"mode": "iterative"}}, "curriculum.mode", "iterative"),
     ({"dataset": "NO_IMAGES"}, "dataset", "images"),

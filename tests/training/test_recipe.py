@@ -49,6 +49,8 @@ def test_valid_recipe_parses(tmp_path, files):
     ({"train": {"batch_size": 0}}, "train.batch_size", "greater than or equal"),
     ({"train": {"lr": 1e-5, "epoch": 2}}, "train.epoch", "unknown key"),
     ({"curriculum": {"mode": "sometimes"}}, "curriculum.mode", "off"),
+    ({"train": {"master_weights": "fp8"}}, "train.master_weights", "'bf16'"),
+    ({"train": {"master_weights": "bf16", "mixed_precision": "fp16"}}, "train", "mixed_precision bf16"),
 ])
 def test_bad_recipe_values(tmp_path, files, over, path, words):
     e = _err(_recipe(tmp_path, dataset=str(files["pairs"]), **over))

@@ -1,0 +1,142 @@
+"""AdamW for bf16 weights and bf16 moments, written back with stochastic rounding (`train.master_weights: bf16`).
+
+Mixed precision normally keeps fp32 master weights, fp32 gradients and two fp32 AdamW moments: 16 bytes per
+trained parameter (7.4 GiB for a 0.5B model) before any activation. Keeping all of them in bf16 halves that, but
+plain bf16 AdamW silently stops learning: bf16 has 8 significant bits, so at DPO's learning rates (1e-6 .. 1e-5)
+an update is far below half a unit in the last place of the weight and rounds back to the old value, and the
+second moment's `(1 - beta2) = 0.001` share of a new squared gradient is lost the same way. Stochastic rounding
+rounds up with probability equal to the discarded fraction, so every write is unbiased: small updates move the
+weights in expectation instead of vanishing (Zamirai et al. 2020, "Revisiting BFloat16 Training").
+
+The math runs in fp32 on buckets of concatenated parameters (a few dozen kernels per bucket instead of a dozen
+per tensor), then each of weight, exp_avg and exp_avg_sq is rounded back. fp32/fp64 parameters in the same
+optimizer (e.g. LoRA adapters) get the same AdamW math with a plain exact write.
+
+The rounding noise comes from the optimizer's own generator, seeded from `seed` and saved in its state dict: DDP
+processes draw identical noise (their weights stay identical) and a resumed run continues the same stream.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+LOW16 = 1 << 16
+HIGH16_MASK = -LOW16  # 0xFFFF0000 as a signed int32: keeps sign, exponent and the top 7 mantissa bits
+
+
+def round_stochastic_bf16(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """fp32 -> bf16, rounding up (in magnitude) with probability = the discarded low 16 bits / 2**16.
+
+    bf16 is the top half of an fp32 word, so adding uniform noise to the low half and truncating it is exactly
+    stochastic rounding; the integer add carries into the exponent when the mantissa overflows, and the sign bit
+    is untouched, so negative values round symmetrically. Exactly representable values come back unchanged."""
+    if x.dtype != torch.float32:
+        raise TypeError(f"round_stochastic_bf16 takes float32, got {x.dtype}")
+    noise = torch.randint(0, LOW16, x.shape, dtype=torch.int32, device=x.device, generator=generator)
+    bits = x.view(torch.int32).add(noise).bitwise_and_(HIGH16_MASK)
+    return bits.view(torch.float32).to(torch.bfloat16)  # exact: the low 16 bits are zero
+
+
+class StochasticRoundingAdamW(torch.optim.Optimizer):
+    """AdamW (decoupled weight decay, bias-corrected moments, torch.optim.AdamW's update) whose state has the
+    parameters' dtype; bf16 parameters and moments are written with stochastic rounding (module doc)."""
+
+    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0, *, seed: int = 0, bucket_elems: int = 1 << 23):
+        if lr < 0 or eps < 0 or weight_decay < 0 or not all(0 <= b < 1 for b in betas):
+            raise ValueError(f"invalid AdamW hyperparameters: lr={lr} betas={betas} eps={eps} wd={weight_decay}")
+        super().__init__(params, {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay})
+        self.seed, self.bucket_elems = seed, int(bucket_elems)
+        self._generators: dict[str, torch.Generator] = {}
+        self._pending_rng: dict[str, torch.Tensor] = {}
+
+    def _generator(self, device: torch.device) -> torch.Generator:
+        key = str(device)
+        if key not in self._generators:
+            g = torch.Generator(device=device)
+            g.manual_seed(self.seed)
+            if key in self._pending_rng:  # restored by load_state_dict before the first step
+                g.set_state(self._pending_rng.pop(key))
+            self._generators[key] = g
+        return self._generators[key]
+
+    def _buckets(self, group: dict):
+        """Parameters with gradients, grouped by (device, dtype, step count), cut into ~bucket_elems pieces."""
+        keyed: dict[tuple, list[torch.Tensor]] = {}
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            if p.grad.is_sparse:
+                raise RuntimeError("StochasticRoundingAdamW does not support sparse gradients")
+            st = self.state[p]
+            if not st:
+                st["step"] = 0
+                st["exp_avg"] = torch.zeros_like(p, memory_format=torch.contiguous_format)
+                st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.contiguous_format)
+            keyed.setdefault((p.device, p.dtype, st["step"]), []).append(p)
+        for (device, dtype, step), ps in keyed.items():
+            bucket, n = [], 0
+            for p in ps:
+                if bucket and n + p.numel() > self.bucket_elems:
+                    yield device, dtype, step, bucket
+                    bucket, n = [], 0
+                bucket.append(p)
+                n += p.numel()
+            if bucket:
+                yield device, dtype, step, bucket
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+            for device, dtype, step, ps in self._buckets(group):
+                t = step + 1
+                work = torch.promote_types(dtype, torch.float32)  # fp32 math for bf16/fp16, fp64 stays fp64
+                states = [self.state[p] for p in ps]
+                flat = [torch.cat([x.reshape(-1) for x in xs]).to(work)
+                        for xs in ([p.grad for p in ps], [s["exp_avg"] for s in states],
+                                   [s["exp_avg_sq"] for s in states], ps)]
+                g, m, v, x = flat
+                m.lerp_(g, 1 - b1)
+                v.mul_(b2).addcmul_(g, g, value=1 - b2)
+                del g
+                if wd:
+                    x.mul_(1 - lr * wd)
+                denom = v.sqrt().div_(math.sqrt(1 - b2 ** t)).add_(eps)
+                x.addcdiv_(m, denom, value=-lr / (1 - b1 ** t))
+                del denom
+                sizes = [p.numel() for p in ps]
+                gen = self._generator(device) if dtype == torch.bfloat16 else None
+                for dst, src in ((ps, x), ([s["exp_avg"] for s in states], m), ([s["exp_avg_sq"] for s in states], v)):
+                    out = round_stochastic_bf16(src, gen) if gen is not None else src.to(dtype)
+                    torch._foreach_copy_(dst, [o.view_as(d) for o, d in zip(out.split(sizes), dst, strict=True)])
+                for s in states:
+                    s["step"] = t
+        return loss
+
+    def state_dict(self) -> dict:
+        sd = super().state_dict()
+        sd["sr_rng"] = {k: g.get_state() for k, g in self._generators.items()} | dict(self._pending_rng)
+        return sd
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        state_dict = dict(state_dict)
+        rng = state_dict.pop("sr_rng", {})
+        super().load_state_dict(state_dict)
+        self._generators.clear()
+        self._pending_rng = {k: v.cpu() for k, v in rng.items()}
+
+
+def make_adamw(params: list[torch.nn.Parameter], *, lr: float, weight_decay: float, master_weights: str = "fp32",
+               seed: int = 0) -> torch.optim.Optimizer:
+    """The trainers' optimizer: torch's fused AdamW (one kernel per step instead of a dozen per parameter; CPU
+    ~8x faster, no temporaries) for fp32 master weights, the stochastic-rounding AdamW for bf16 ones."""
+    if master_weights == "bf16":
+        return StochasticRoundingAdamW(params, lr=lr, weight_decay=weight_decay, seed=seed)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay,
+                             fused=all(p.is_floating_point() for p in params))
