@@ -72,12 +72,12 @@ def _mem() -> float:
 
 
 VARIANT_KEYS = {"layout": ("auto", "shared", "rows"), "ckpt": ("0", "1"), "weights": ("fp32", "bf16"),
-                "budget": None}
+                "budget": None, "chunk": None}
 
 
 def parse_variant(spec: str) -> dict:
     """`layout=rows,ckpt=1,weights=bf16,budget=4096` -> our trainer's settings (unset keys: recipe defaults)."""
-    out = {"layout": "auto", "ckpt": "0", "weights": "fp32", "budget": "auto"}
+    out = {"layout": "auto", "ckpt": "0", "weights": "fp32", "budget": "auto", "chunk": "auto"}
     for part in filter(None, spec.split(",")):
         k, _, v = part.partition("=")
         if k not in VARIANT_KEYS or (VARIANT_KEYS[k] and v not in VARIANT_KEYS[k]):
@@ -97,7 +97,8 @@ def worker_ours(model, data, out, steps, batch, max_length, device, variant: str
               "train": {"batch_size": batch, "max_length": max_length, "lr": 1e-6, "warmup_ratio": 0.0,
                         "max_steps": steps, "seed": 0, "mixed_precision": "bf16" if device == "cuda" else "no",
                         "token_budget": parse_budget(v["budget"]), "grad_checkpointing": v["ckpt"] == "1",
-                        "layout": v["layout"], "master_weights": v["weights"]}}
+                        "layout": v["layout"], "master_weights": v["weights"],
+                        "logp_chunk": parse_budget(v["chunk"])}}
     p = Path(out + ".yaml")
     p.write_text(yaml.safe_dump(recipe))
     # benchmark only: skip the end-of-run checkpoint (model + AdamW state, ~6 GB for this shape) and final model
@@ -219,7 +220,8 @@ def main() -> None:
     ap.add_argument("--trl-path", default=None, help="directory with trl/datasets installed (pip --target)")
     ap.add_argument("--ours", nargs="+", default=["layout=auto"],
                     help="our trainer's variants, each one run: comma-separated layout=auto|shared|rows, ckpt=0|1 "
-                         "(gradient checkpointing), weights=fp32|bf16 (train.master_weights), budget=auto|N")
+                         "(gradient checkpointing), weights=fp32|bf16 (train.master_weights), budget=auto|N, chunk=auto|N "
+                         "(LM-head positions per chunk)")
     ap.add_argument("--trl", nargs="*", default=["trl_pre"], choices=sorted(TRL_KINDS), help="TRL settings to run")
     ap.add_argument("--profile", default=None, help="one more run of this variant of ours under torch.profiler")
     ap.add_argument("--out-dir", default=os.environ.get("OUT"), help="profile tables + results.json (default $OUT)")
