@@ -246,7 +246,9 @@ def main() -> None:
         n_params = make_model(model, a.shape)
         tpp = trl_tokens_per_pair(str(model), str(DATA), a.max_length)
         common = [str(model), str(DATA)]
-        runs = [(f"ours[{v}]", "ours", v, None) for v in a.ours] + [(k, k, "", None) for k in a.trl]
+        # the first variant of ours, then TRL (so a cut-short call still has a ratio), then the other variants
+        ours = [(f"ours[{v}]", "ours", v, None) for v in a.ours]
+        runs = ours[:1] + [(k, k, "", None) for k in a.trl] + ours[1:]
         if a.profile is not None:
             runs.append((f"profile[{a.profile}]", "ours", a.profile, str(out_dir or tmp / "profile")))
         res = {}
