@@ -7,6 +7,7 @@ from prefdata.errors import SchemaError
 from training.data import LIST_REF, PAIR_REF, PAIR_TOK_REF, TrainData, unpaired_ref_columns
 from training.logps import SeqOut
 from training.losses import ListBatch, LossSpec, PairBatch
+from training.transfer import to_device
 
 
 class RefStore:
@@ -53,9 +54,8 @@ def make_batch(spec: LossSpec, out: SeqOut, data: TrainData, idx: torch.Tensor, 
     """`out` holds the responses of groups `idx` in order (pairs: chosen, rejected, chosen, ...)."""
     needs = spec.needs
     dt = out.sums.dtype
-    col = {k: v[idx].to(device=device, dtype=dt if v.is_floating_point() else v.dtype)
-           for k, v in data.columns.items()}
-    weight = data.weight[idx].to(device=device, dtype=dt)
+    col = {k: to_device(v[idx], device, dt if v.is_floating_point() else None) for k, v in data.columns.items()}
+    weight = to_device(data.weight[idx], device, dt)
     if data.kind == "lists":
         K = col["scores"].shape[1]
         mask = col["list_mask"]
@@ -63,7 +63,7 @@ def make_batch(spec: LossSpec, out: SeqOut, data: TrainData, idx: torch.Tensor, 
         n = torch.zeros(len(idx), K, dtype=dt, device=device)
         pol[mask] = out.sums
         n[mask] = out.counts.to(dt)
-        r = ref.seq[idx].to(device=device, dtype=dt) if "ref" in needs else None
+        r = to_device(ref.seq[idx], device, dt) if "ref" in needs else None
         return ListBatch(pol=pol, ref=r, scores=col["scores"], mask=mask, n=n, weight=weight)
     pc, pr = out.sums[0::2], out.sums[1::2]
     b = PairBatch(pol_chosen=pc, pol_rejected=pr, weight=weight)
@@ -71,7 +71,7 @@ def make_batch(spec: LossSpec, out: SeqOut, data: TrainData, idx: torch.Tensor, 
         b.kl_chosen, b.kl_rejected = out.kl[0::2], out.kl[1::2]
         b.ref_chosen, b.ref_rejected = out.ref_sums[0::2].detach(), out.ref_sums[1::2].detach()
     elif "ref" in needs:
-        r = ref.seq[idx].to(device=device, dtype=dt)
+        r = to_device(ref.seq[idx], device, dt)
         b.ref_chosen, b.ref_rejected = r[:, 0], r[:, 1]
     if "counts" in needs or "nll" in needs:
         b.n_chosen, b.n_rejected = out.counts[0::2].to(dt), out.counts[1::2].to(dt)
@@ -82,8 +82,8 @@ def make_batch(spec: LossSpec, out: SeqOut, data: TrainData, idx: torch.Tensor, 
         b.tok_pol_chosen, b.tok_pol_rejected = out.tokens[0::2], out.tokens[1::2]
         b.tok_mask_chosen, b.tok_mask_rejected = out.tok_mask[0::2], out.tok_mask[1::2]
         if "ref" in needs and ref.tok is not None:
-            b.tok_ref_chosen = _pad_to(ref.tok[0][idx], T).to(device=device, dtype=dt)
-            b.tok_ref_rejected = _pad_to(ref.tok[1][idx], T).to(device=device, dtype=dt)
+            b.tok_ref_chosen = to_device(_pad_to(ref.tok[0][idx], T), device, dt)
+            b.tok_ref_rejected = to_device(_pad_to(ref.tok[1][idx], T), device, dt)
         elif "ref" in needs:  # reference-free: zeros
             b.tok_ref_chosen = torch.zeros_like(b.tok_pol_chosen)
             b.tok_ref_rejected = torch.zeros_like(b.tok_pol_rejected)

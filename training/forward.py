@@ -8,6 +8,7 @@ import torch
 from training.encode import Group
 from training.logps import SeqOut
 from training.packing import pack, split_by_tokens
+from training.transfer import to_device
 
 
 def group_logps(model, groups: list[Group], *, pad_id: int, device, token_budget: int = 4096,
@@ -26,7 +27,7 @@ def group_logps(model, groups: list[Group], *, pad_id: int, device, token_budget
             kls.append(out.kl)
             refs.append(out.ref_sums)
         counts.append(out.counts)
-        index.append(torch.tensor([first[i] + k for i in part for k in range(n_resp[i])], device=device))
+        index.append(to_device(torch.tensor([first[i] + k for i in part for k in range(n_resp[i])]), device))
         if with_tokens:
             toks.append(out.tokens)
             masks.append(out.tok_mask)

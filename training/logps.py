@@ -18,6 +18,7 @@ from torch import nn
 from prefdata.errors import RecipeError
 from training.head_grad import accumulate_head_grads, head_grad_buffers
 from training.seq_kl import chunked_logps_and_kl
+from training.transfer import to_device
 
 
 class _ChunkedTokenLogps(torch.autograd.Function):
@@ -100,7 +101,7 @@ class Packed:
     n_tokens: int                # real (non-pad) tokens in the batch
 
     def to(self, device) -> Packed:
-        kw = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in self.__dict__.items()}
+        kw = {k: (to_device(v, device) if isinstance(v, torch.Tensor) else v) for k, v in self.__dict__.items()}
         return Packed(**kw)
 
 

@@ -62,27 +62,36 @@ class StochasticRoundingAdamW(torch.optim.Optimizer):
         return self._generators[key]
 
     def _buckets(self, group: dict):
-        """Parameters with gradients, grouped by (device, dtype, step count), cut into ~bucket_elems pieces."""
+        """Segments (param, start, end) of the parameters with gradients, grouped by (device, dtype, step
+        count) and packed into buckets of <= bucket_elems elements. Big tensors (a 152k x 896 embedding is
+        136M elements) are cut into pieces, so the fp32 work buffers stay ~6 x 4 x bucket_elems bytes whatever
+        the largest parameter."""
         keyed: dict[tuple, list[torch.Tensor]] = {}
         for p in group["params"]:
             if p.grad is None:
                 continue
             if p.grad.is_sparse:
                 raise RuntimeError("StochasticRoundingAdamW does not support sparse gradients")
+            if not (p.is_contiguous() and p.grad.is_contiguous()):
+                raise RuntimeError(f"StochasticRoundingAdamW needs contiguous parameters and gradients "
+                                   f"(got a {tuple(p.shape)} parameter with strides {p.stride()})")
             st = self.state[p]
             if not st:
                 st["step"] = 0
                 st["exp_avg"] = torch.zeros_like(p, memory_format=torch.contiguous_format)
                 st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.contiguous_format)
             keyed.setdefault((p.device, p.dtype, st["step"]), []).append(p)
+        cap = self.bucket_elems
         for (device, dtype, step), ps in keyed.items():
             bucket, n = [], 0
             for p in ps:
-                if bucket and n + p.numel() > self.bucket_elems:
-                    yield device, dtype, step, bucket
-                    bucket, n = [], 0
-                bucket.append(p)
-                n += p.numel()
+                for s in range(0, p.numel(), cap):
+                    e = min(p.numel(), s + cap)
+                    if bucket and n + e - s > cap:
+                        yield device, dtype, step, bucket
+                        bucket, n = [], 0
+                    bucket.append((p, s, e))
+                    n += e - s
             if bucket:
                 yield device, dtype, step, bucket
 
@@ -94,14 +103,15 @@ class StochasticRoundingAdamW(torch.optim.Optimizer):
                 loss = closure()
         for group in self.param_groups:
             lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
-            for device, dtype, step, ps in self._buckets(group):
+            stepped: set[int] = set()
+            for device, dtype, step, segs in self._buckets(group):
                 t = step + 1
                 work = torch.promote_types(dtype, torch.float32)  # fp32 math for bf16/fp16, fp64 stays fp64
-                states = [self.state[p] for p in ps]
-                flat = [torch.cat([x.reshape(-1) for x in xs]).to(work)
-                        for xs in ([p.grad for p in ps], [s["exp_avg"] for s in states],
-                                   [s["exp_avg_sq"] for s in states], ps)]
-                g, m, v, x = flat
+                dst = [[p.view(-1)[s:e] for p, s, e in segs],
+                       [self.state[p]["exp_avg"].view(-1)[s:e] for p, s, e in segs],
+                       [self.state[p]["exp_avg_sq"].view(-1)[s:e] for p, s, e in segs]]
+                g = torch.cat([p.grad.view(-1)[s:e] for p, s, e in segs]).to(work)
+                x, m, v = (torch.cat(d).to(work) for d in dst)
                 m.lerp_(g, 1 - b1)
                 v.mul_(b2).addcmul_(g, g, value=1 - b2)
                 del g
@@ -110,13 +120,16 @@ class StochasticRoundingAdamW(torch.optim.Optimizer):
                 denom = v.sqrt().div_(math.sqrt(1 - b2 ** t)).add_(eps)
                 x.addcdiv_(m, denom, value=-lr / (1 - b1 ** t))
                 del denom
-                sizes = [p.numel() for p in ps]
+                sizes = [e - s for _, s, e in segs]
                 gen = self._generator(device) if dtype == torch.bfloat16 else None
-                for dst, src in ((ps, x), ([s["exp_avg"] for s in states], m), ([s["exp_avg_sq"] for s in states], v)):
+                for out_views, src in zip(dst, (x, m, v), strict=True):
                     out = round_stochastic_bf16(src, gen) if gen is not None else src.to(dtype)
-                    torch._foreach_copy_(dst, [o.view_as(d) for o, d in zip(out.split(sizes), dst, strict=True)])
-                for s in states:
-                    s["step"] = t
+                    torch._foreach_copy_(out_views, list(out.split(sizes)))
+                    del out
+                stepped.update(id(p) for p, _, _ in segs)
+            for p in group["params"]:
+                if id(p) in stepped:
+                    self.state[p]["step"] += 1
         return loss
 
     def state_dict(self) -> dict:

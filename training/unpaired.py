@@ -18,6 +18,7 @@ from training.data import TrainData
 from training.forward import group_logps
 from training.logps import SeqOut
 from training.losses import UnpairedBatch
+from training.transfer import to_device
 
 # spec §3 / TRL: lambda_D * n_D / (lambda_U * n_U) should lie in [1, 4/3] (KTO paper, Eq. 8)
 BALANCE_RANGE = (1.0, 4.0 / 3.0)
@@ -45,9 +46,9 @@ def unpaired_batch(out: SeqOut, data: TrainData, idx: torch.Tensor, ref_seq: tor
     """`out` holds rows `idx`'s completions in order (row by row, k per row)."""
     dt = out.sums.dtype
     k = data.columns["label"].shape[1]
-    return UnpairedBatch(pol=out.sums, ref=ref_seq[idx].reshape(-1).to(device=device, dtype=dt),
-                         label=data.columns["label"][idx].reshape(-1).to(device),
-                         weight=data.weight[idx].repeat_interleave(k).to(device=device, dtype=dt), z0=z0.to(dt))
+    return UnpairedBatch(pol=out.sums, ref=to_device(ref_seq[idx].reshape(-1), device, dt),
+                         label=to_device(data.columns["label"][idx].reshape(-1), device),
+                         weight=to_device(data.weight[idx].repeat_interleave(k), device, dt), z0=z0.to(dt))
 
 
 class UnpairedMicro:

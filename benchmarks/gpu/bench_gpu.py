@@ -137,7 +137,9 @@ def _write_profile(prof, out_dir: Path, variant: str) -> None:
     """Top ops by device and by CPU self time, and how busy the device was over the profiled steps' wall time."""
     out_dir.mkdir(parents=True, exist_ok=True)
     ka = prof.key_averages()
-    dev = sum(e.self_device_time_total for e in ka)  # us, kernels (and memcpys) summed over the active steps
+    # us, kernels (and memcpys) summed over the active steps; the ProfilerStep ranges' own "device time" is the
+    # span of their kernels, not work, so they are left out
+    dev = sum(e.self_device_time_total for e in ka if not e.key.startswith("ProfilerStep"))
     events = [e for e in prof.events() if e.name.startswith("ProfilerStep")]
     wall = sum(e.cpu_time_total for e in events)  # us
     text = [f"variant {variant}: profiled steps {len(events)}, wall {wall / 1e3:.1f} ms, device self time "
