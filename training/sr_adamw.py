@@ -9,7 +9,8 @@ rounds up with probability equal to the discarded fraction, so every write is un
 weights in expectation instead of vanishing (Zamirai et al. 2020, "Revisiting BFloat16 Training").
 
 The math runs in fp32 on buckets of concatenated parameters (a few dozen kernels per bucket instead of a dozen
-per tensor), then each of weight, exp_avg and exp_avg_sq is rounded back. fp32/fp64 parameters in the same
+per tensor), then the weight and exp_avg_sq are rounded back stochastically (one 32-bit draw gives both their
+16-bit noises) and exp_avg to nearest (it moves by 10 % of the gradient step each time: nothing to lose). fp32/fp64 parameters in the same
 optimizer (e.g. LoRA adapters) get the same AdamW math with a plain exact write.
 
 The rounding noise comes from the optimizer's own generator, seeded from `seed` and saved in its state dict: DDP
@@ -25,17 +26,27 @@ LOW16 = 1 << 16
 HIGH16_MASK = -LOW16  # 0xFFFF0000 as a signed int32: keeps sign, exponent and the top 7 mantissa bits
 
 
-def round_stochastic_bf16(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+def round_stochastic_bf16(x: torch.Tensor, generator: torch.Generator | None = None, *,
+                          noise: torch.Tensor | None = None) -> torch.Tensor:
     """fp32 -> bf16, rounding up (in magnitude) with probability = the discarded low 16 bits / 2**16.
 
     bf16 is the top half of an fp32 word, so adding uniform noise to the low half and truncating it is exactly
     stochastic rounding; the integer add carries into the exponent when the mantissa overflows, and the sign bit
-    is untouched, so negative values round symmetrically. Exactly representable values come back unchanged."""
+    is untouched, so negative values round symmetrically. Exactly representable values come back unchanged.
+    `noise`: int32 values in [0, 2**16) to use instead of drawing them."""
     if x.dtype != torch.float32:
         raise TypeError(f"round_stochastic_bf16 takes float32, got {x.dtype}")
-    noise = torch.randint(0, LOW16, x.shape, dtype=torch.int32, device=x.device, generator=generator)
+    if noise is None:
+        noise = torch.randint(0, LOW16, x.shape, dtype=torch.int32, device=x.device, generator=generator)
     bits = x.view(torch.int32).add(noise).bitwise_and_(HIGH16_MASK)
     return bits.view(torch.float32).to(torch.bfloat16)  # exact: the low 16 bits are zero
+
+
+def two_noises(n: int, device, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two independent [n] int32 tensors of 16-bit noise from ONE 32-bit draw (its low and high halves): the
+    draw is a full pass over memory, so the weights and the second moment share it."""
+    r = torch.randint(-2**31, 2**31 - 1, (n,), dtype=torch.int32, device=device, generator=generator)
+    return r.bitwise_and(LOW16 - 1), r.bitwise_right_shift(16).bitwise_and_(LOW16 - 1)
 
 
 class StochasticRoundingAdamW(torch.optim.Optimizer):
@@ -121,9 +132,15 @@ class StochasticRoundingAdamW(torch.optim.Optimizer):
                 x.addcdiv_(m, denom, value=-lr / (1 - b1 ** t))
                 del denom
                 sizes = [e - s for _, s, e in segs]
-                gen = self._generator(device) if dtype == torch.bfloat16 else None
-                for out_views, src in zip(dst, (x, m, v), strict=True):
-                    out = round_stochastic_bf16(src, gen) if gen is not None else src.to(dtype)
+                # weights and second moment are written with stochastic rounding; the first moment moves by
+                # (1 - beta1) = 10 % of (g - m) per step, far above bf16's resolution, so nearest rounding loses
+                # nothing systematic there and saves a noise pass
+                noise = two_noises(x.numel(), device, self._generator(device)) if dtype == torch.bfloat16 else None
+                for k, (out_views, src) in enumerate(zip(dst, (x, m, v), strict=True)):
+                    if noise is not None and k != 1:
+                        out = round_stochastic_bf16(src, noise=noise[k // 2])
+                    else:
+                        out = src.to(dtype)
                     torch._foreach_copy_(out_views, list(out.split(sizes)))
                     del out
                 stepped.update(id(p) for p, _, _ in segs)

@@ -13,7 +13,7 @@ from test_train import metrics, write_recipe
 from training_kit import shortest_prompt_pairs
 
 from training.run import load_model, train_from_recipe
-from training.sr_adamw import StochasticRoundingAdamW, round_stochastic_bf16
+from training.sr_adamw import StochasticRoundingAdamW, round_stochastic_bf16, two_noises
 
 
 def test_rounding_is_unbiased_and_picks_a_neighbour():
@@ -30,6 +30,14 @@ def test_rounding_is_unbiased_and_picks_a_neighbour():
     assert torch.equal(round_stochastic_bf16(exact).float(), exact)
     with pytest.raises(TypeError, match="float32"):
         round_stochastic_bf16(exact.double())
+
+
+def test_one_draw_gives_two_independent_16_bit_noises():
+    lo, hi = two_noises(200_000, "cpu", torch.Generator().manual_seed(3))
+    for n in (lo, hi):
+        assert n.dtype == torch.int32 and n.min().item() == 0 and n.max().item() == 2**16 - 1
+        assert abs(n.float().mean().item() / 2**16 - 0.5) < 5e-3
+    assert abs(torch.corrcoef(torch.stack([lo.float(), hi.float()]))[0, 1].item()) < 1e-2
 
 
 def _twin_steps(opt_a, opt_b, a, b, steps, seed=0):
