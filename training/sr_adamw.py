@@ -121,8 +121,10 @@ class StochasticRoundingAdamW(torch.optim.Optimizer):
                 dst = [[p.view(-1)[s:e] for p, s, e in segs],
                        [self.state[p]["exp_avg"].view(-1)[s:e] for p, s, e in segs],
                        [self.state[p]["exp_avg_sq"].view(-1)[s:e] for p, s, e in segs]]
-                g = torch.cat([p.grad.view(-1)[s:e] for p, s, e in segs]).to(work)
-                x, m, v = (torch.cat(d).to(work) for d in dst)
+                n = sum(e - s for _, s, e in segs)
+                # cat straight into fp32 buffers: the cast happens in the copy (one pass, not cat + cast)
+                g, x, m, v = (torch.cat(parts, out=torch.empty(n, dtype=work, device=device))
+                              for parts in ([p.grad.view(-1)[s:e] for p, s, e in segs], *dst))
                 m.lerp_(g, 1 - b1)
                 v.mul_(b2).addcmul_(g, g, value=1 - b2)
                 del g
