@@ -1,7 +1,7 @@
 """Under DDP every process must hold the same weights. Stochastic rounding draws noise at every step, so the
 bf16 optimizer takes it from its own generator seeded from the recipe seed (not from each process's global RNG,
 which the processes consume differently): two gloo processes with different data shards stay bit-identical,
-and giving them different seeds (the control) makes them diverge at the first step."""
+and giving them different seeds (the control) makes them diverge."""
 from __future__ import annotations
 
 import os
