@@ -49,8 +49,10 @@ def resolve_token_budget(requested: int | None, lm: torch.nn.Module, device: tor
     params = [p for p in lm.parameters()]
     trainable = sum(p.numel() * p.element_size() for p in params if p.requires_grad)
     # gradients (1x) + AdamW moments (2x) of the trainable weights are allocated after this point; autocast keeps a
-    # half-precision copy of every weight alive through backward; the LM head needs its chunk buffers twice over
-    reserve = 3 * trainable + (sum(p.numel() for p in params) * 2 if mixed_precision else 0) + 2 * head_bytes
+    # half-precision copy of every fp32 weight alive through backward (bf16 master weights need none); the LM head
+    # needs its chunk buffers twice over
+    copies = sum(p.numel() * 2 for p in params if p.dtype == torch.float32) if mixed_precision else 0
+    reserve = 3 * trainable + copies + 2 * head_bytes
     usable = 0.7 * free - reserve  # headroom for the allocator's fragmentation and the loss's small tensors
     per_token = activation_bytes_per_token(lm.config, mixed_precision=mixed_precision,
                                            grad_checkpointing=grad_checkpointing)
