@@ -58,7 +58,7 @@ def prepare_reference(recipe: TrainRecipe, spec, ds, lm, tok, out_dir: Path, opt
     same = Path(recipe.reference.model).resolve() == Path(recipe.model).resolve() \
         if Path(recipe.model).exists() else recipe.reference.model == recipe.model
     ref_lm = lm if same else load_model(recipe.reference.model, trust_remote_code=recipe.trust_remote_code,
-                                                         dtype=recipe.train.weights_dtype())[0]
+                                        dtype=recipe.train.weights_dtype())[0]
     ref_lm.to(_device())
     # no-grad forwards keep one layer's activations at a time: budget as if checkpointed
     budget = resolve_token_budget(recipe.train.token_budget, ref_lm, _device(), grad_checkpointing=True,
@@ -88,7 +88,7 @@ def online_reference_model(recipe: TrainRecipe, spec, lm):
     if not recipe.reference.model:
         return ADAPTERS_OFF
     ref = load_model(recipe.reference.model, trust_remote_code=recipe.trust_remote_code,
-                                                         dtype=recipe.train.weights_dtype())[0]
+                     dtype=recipe.train.weights_dtype())[0]
     return ref.to(_device()).eval().requires_grad_(False)
 
 

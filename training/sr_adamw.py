@@ -10,8 +10,8 @@ weights in expectation instead of vanishing (Zamirai et al. 2020, "Revisiting BF
 
 The math runs in fp32 on buckets of concatenated parameters (a few dozen kernels per bucket instead of a dozen
 per tensor), then the weight and exp_avg_sq are rounded back stochastically (one 32-bit draw gives both their
-16-bit noises) and exp_avg to nearest (it moves by 10 % of the gradient step each time: nothing to lose). fp32/fp64 parameters in the same
-optimizer (e.g. LoRA adapters) get the same AdamW math with a plain exact write.
+16-bit noises) and exp_avg to nearest (it moves by 10 % of the gradient step each time: nothing to lose).
+fp32/fp64 parameters in the same optimizer (e.g. LoRA adapters) get the same AdamW math with a plain exact write.
 
 The rounding noise comes from the optimizer's own generator, seeded from `seed` and saved in its state dict: DDP
 processes draw identical noise (their weights stay identical) and a resumed run continues the same stream.
@@ -121,9 +121,9 @@ class StochasticRoundingAdamW(torch.optim.Optimizer):
                 dst = [[p.view(-1)[s:e] for p, s, e in segs],
                        [self.state[p]["exp_avg"].view(-1)[s:e] for p, s, e in segs],
                        [self.state[p]["exp_avg_sq"].view(-1)[s:e] for p, s, e in segs]]
-                n = sum(e - s for _, s, e in segs)
+                sizes = [e - s for _, s, e in segs]
                 # cat straight into fp32 buffers: the cast happens in the copy (one pass, not cat + cast)
-                g, x, m, v = (torch.cat(parts, out=torch.empty(n, dtype=work, device=device))
+                g, x, m, v = (torch.cat(parts, out=torch.empty(sum(sizes), dtype=work, device=device))
                               for parts in ([p.grad.view(-1)[s:e] for p, s, e in segs], *dst))
                 m.lerp_(g, 1 - b1)
                 v.mul_(b2).addcmul_(g, g, value=1 - b2)
@@ -133,16 +133,13 @@ class StochasticRoundingAdamW(torch.optim.Optimizer):
                 denom = v.sqrt().div_(math.sqrt(1 - b2 ** t)).add_(eps)
                 x.addcdiv_(m, denom, value=-lr / (1 - b1 ** t))
                 del denom
-                sizes = [e - s for _, s, e in segs]
                 # weights and second moment are written with stochastic rounding; the first moment moves by
                 # (1 - beta1) = 10 % of (g - m) per step, far above bf16's resolution, so nearest rounding loses
                 # nothing systematic there and saves a noise pass
-                noise = two_noises(x.numel(), device, self._generator(device)) if dtype == torch.bfloat16 else None
-                for k, (out_views, src) in enumerate(zip(dst, (x, m, v), strict=True)):
-                    if noise is not None and k != 1:
-                        out = round_stochastic_bf16(src, noise=noise[k // 2])
-                    else:
-                        out = src.to(dtype)
+                nx, nv = two_noises(x.numel(), device, self._generator(device)) if dtype == torch.bfloat16 \
+                    else (None, None)
+                for out_views, src, noise in zip(dst, (x, m, v), (nx, None, nv), strict=True):
+                    out = src.to(dtype) if noise is None else round_stochastic_bf16(src, noise=noise)
                     torch._foreach_copy_(out_views, list(out.split(sizes)))
                     del out
                 stepped.update(id(p) for p, _, _ in segs)

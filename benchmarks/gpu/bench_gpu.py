@@ -96,9 +96,9 @@ def worker_ours(model, data, out, steps, batch, max_length, device, variant: str
               "reference": {"model": model},
               "train": {"batch_size": batch, "max_length": max_length, "lr": 1e-6, "warmup_ratio": 0.0,
                         "max_steps": steps, "seed": 0, "mixed_precision": "bf16" if device == "cuda" else "no",
-                        "token_budget": parse_budget(v["budget"]), "grad_checkpointing": v["ckpt"] == "1",
+                        "token_budget": auto_or_int(v["budget"]), "grad_checkpointing": v["ckpt"] == "1",
                         "layout": v["layout"], "master_weights": v["weights"],
-                        "logp_chunk": parse_budget(v["chunk"])}}
+                        "logp_chunk": auto_or_int(v["chunk"])}}
     p = Path(out + ".yaml")
     p.write_text(yaml.safe_dump(recipe))
     # benchmark only: skip the end-of-run checkpoint (model + AdamW state, ~6 GB for this shape) and final model
@@ -149,7 +149,7 @@ def _write_profile(prof, out_dir: Path, variant: str) -> None:
     (out_dir / f"profile_{variant.replace(',', '_').replace('=', '-') or 'default'}.txt").write_text("\n\n".join(text))
 
 
-def parse_budget(v: str) -> int | None:
+def auto_or_int(v: str) -> int | None:
     return None if v in ("auto", "None", "") else int(v)
 
 
