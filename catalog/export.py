@@ -4,12 +4,17 @@ Each export writes `<stem>.lineage.json` (hf: `prefdata_lineage.json` inside the
 version's lineage, so a file that leaves the catalog still says where it came from. Files are written
 under a temporary name and renamed, so an interrupted export never leaves a half file under the real name.
 Pairs tables export unchanged: `prompt`, `chosen`, `rejected` are plain string columns, which is TRL's
-DPOTrainer format; extra columns are carried."""
+DPOTrainer format; extra columns are carried.
+
+A table with a `split` column (the `split` builder step: `train` / `test` by prompt) exports to hf as a
+`datasets.DatasetDict` with one split per value (`load_from_disk(dir)["train"]`, what TRL users load); the
+column itself is left out, since the split name carries it. parquet and jsonl keep the column."""
 from __future__ import annotations
 
 import json
 import math
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,9 +30,13 @@ from catalog.names import parse_ref
 if TYPE_CHECKING:
     from catalog.core import Catalog
 
+_SPLIT_NAME = re.compile(r"\w+(\.\w+)*")       # datasets' own rule for split names
+
 FORMATS = ("parquet", "jsonl", "hf")
 BATCH_ROWS = 65_536
 TRL_COLUMNS = ("prompt", "chosen", "rejected")
+SPLIT_COLUMN = "split"
+SPLIT_ORDER = ("train", "test")          # first in the DatasetDict; any other value follows, sorted
 
 
 def _batches(ds, batch_rows: int = BATCH_ROWS) -> Iterator[pa.RecordBatch]:
@@ -85,7 +94,25 @@ def _write_jsonl(ds, out_dir: Path, stem: str, overwrite: bool) -> tuple[list[Pa
     return [path], {c: n for c, n in nan_counts.items() if n}
 
 
-def _write_hf(ds, out_dir: Path, overwrite: bool) -> list[Path]:
+def split_tables(table: pa.Table) -> dict[str, pa.Table]:
+    """{split value: its rows without the `split` column}, train then test then any other value. Every row
+    needs a split name datasets accepts (letters, digits, `_`, `.`), else ExportError naming the column."""
+    col = table.column(SPLIT_COLUMN)
+    if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
+        raise ExportError(f"column {SPLIT_COLUMN!r} is {col.type}, expected string (train / test)")
+    nulls = col.null_count
+    if nulls:
+        raise ExportError(f"column {SPLIT_COLUMN!r} is null in {nulls} row(s); every row needs a split (train / test)")
+    names = pc.unique(col).to_pylist()
+    bad = sorted(n for n in names if not _SPLIT_NAME.fullmatch(n))
+    if bad:
+        raise ExportError(f"column {SPLIT_COLUMN!r} holds {bad[0]!r}, not a valid split name (letters, digits, _ .)")
+    ordered = [n for n in SPLIT_ORDER if n in names] + sorted(n for n in names if n not in SPLIT_ORDER)
+    rest = table.drop_columns([SPLIT_COLUMN])
+    return {n: rest.filter(pc.equal(col, n)) for n in ordered}
+
+
+def _write_hf(ds, out_dir: Path, overwrite: bool) -> tuple[list[Path], dict[str, int] | None]:
     import datasets
     from datasets.table import InMemoryTable
 
@@ -97,7 +124,16 @@ def _write_hf(ds, out_dir: Path, overwrite: bool) -> list[Path]:
     try:
         if tmp.exists():
             shutil.rmtree(tmp)
-        datasets.Dataset(InMemoryTable(ds.to_table())).save_to_disk(str(tmp))
+        table = ds.to_table()
+        if SPLIT_COLUMN in table.column_names:
+            parts = split_tables(table)
+            del table
+            datasets.DatasetDict({n: datasets.Dataset(InMemoryTable(t)) for n, t in parts.items()}) \
+                .save_to_disk(str(tmp))
+            splits = {n: t.num_rows for n, t in parts.items()}
+        else:
+            datasets.Dataset(InMemoryTable(table)).save_to_disk(str(tmp))
+            splits = None
     finally:
         if not quiet:
             datasets.enable_progress_bars()
@@ -107,7 +143,7 @@ def _write_hf(ds, out_dir: Path, overwrite: bool) -> list[Path]:
     elif out_dir.exists():
         out_dir.unlink()
     os.replace(tmp, out_dir)
-    return [out_dir]
+    return [out_dir], splits
 
 
 def export(cat: Catalog, ref: str, to: str, out_dir: Path, *, shard_rows: int | None = None,
@@ -132,7 +168,9 @@ def export(cat: Catalog, ref: str, to: str, out_dir: Path, *, shard_rows: int | 
         extra["nan_written_as_null"] = nan_as_null
         lineage_path = out_dir / f"{stem}.lineage.json"
     else:
-        paths = _write_hf(ds, out_dir, overwrite)
+        paths, splits = _write_hf(ds, out_dir, overwrite)
+        if splits is not None:
+            extra["splits"] = splits
         lineage_path = out_dir / "prefdata_lineage.json"
     rec = cat.lineage(name, ds.version)
     tmp = lineage_path.with_name(f".{lineage_path.name}.tmp")

@@ -309,8 +309,8 @@ def run_recipe(recipe_path: Path | str | None, catalog, *, engine: str = "local"
 
 
 def _prompt_local(step: RecipeStep) -> bool:
-    from prefdata.partitioned import is_prompt_local
-    return is_prompt_local(step.name, step.config)
+    from prefdata.partitioned import runs_by_partition
+    return runs_by_partition(step.name, step.config)
 
 
 def _store_source(cat, recipe: Recipe, source: _Source) -> None:
@@ -388,14 +388,16 @@ def _run_partitioned(recipe: Recipe, cat, source: _Source, n_parts: int, ctx: St
             totals, kind = pb.run_local(steps, source.kind, ctx, one, final=final)
         local_s = round(time.perf_counter() - t0, 3)
         reports, in_kind = [], source.kind
-        for step, t in zip(steps, totals, strict=True):
+        for i, (step, t) in enumerate(zip(steps, totals, strict=True)):
             if t.rows_in != (reports[-1].rows_out if reports else source.rows):
                 raise AccountingError(f"{step.yaml_path}: partitions saw {t.rows_in} rows in, expected "
                                       f"{reports[-1].rows_out if reports else source.rows}")
-            info = {**merge_info(t.infos), "partitions": n_parts}
+            # a step planned over all prompts (split) reports its plan, not a sum over partitions
+            planned = pb.step_reports.get(i)
+            info = {**(planned[0] if planned else merge_info(t.infos)), "partitions": n_parts}
             reports.append(StepReport(step.name, _label(step), step.config.model_dump(mode="json"), t.kind,
                                       t.rows_in, t.rows_kept, dict(sorted(t.drops.items())), t.rows_out, info,
-                                      _summary(t, in_kind), round(t.seconds, 3)))
+                                      planned[1] if planned else _summary(t, in_kind), round(t.seconds, 3)))
             in_kind = t.kind
             shown(step.name, f"{reports[-1].label} · {reports[-1].summary}  [dim]({t.seconds:.2f}s)[/]")
         rows_out = reports[-1].rows_out if reports else source.rows

@@ -43,6 +43,9 @@ from builders.base import StepContext
 from prefdata.errors import RecipeError, SchemaError
 
 PROMPT_LOCAL = {"rank", "pairs", "lists", "dedup", "filter"}
+# prompt-local once given a small table over ALL prompts (split: each prompt's unit and stratum): the table is
+# collected from every partition first, the step planned once and the plan applied per partition
+KEYED_STEPS = {"split"}
 ROWS_PER_PARTITION = 1_000_000      # auto: one partition per this many input rows
 RANGE_ROWS = 250_000                # source rows per range of the final ordered pass
 BATCH_ROWS = 65_536                 # rows per batch read from the source
@@ -73,6 +76,11 @@ def is_prompt_local(step: str, cfg: Any) -> bool:
     return step in PROMPT_LOCAL
 
 
+def runs_by_partition(step: str, cfg: Any) -> bool:
+    """The step can run partition by partition: prompt-local, or keyed (planned once over all prompts)."""
+    return is_prompt_local(step, cfg) or step in KEYED_STEPS
+
+
 def streamable_curriculum(step) -> bool:
     """A curriculum whose global part is a quantile table over value counts (kth_easiest ranks within a
     prompt, and `stages: null` needs the largest prompt: it runs in memory)."""
@@ -82,7 +90,7 @@ def streamable_curriculum(step) -> bool:
 def whole_table_step(steps) -> Any | None:
     """The first step that keeps a recipe from running by partitions, or None."""
     for i, s in enumerate(steps):
-        if is_prompt_local(s.name, s.config) or (i == len(steps) - 1 and streamable_curriculum(s)):
+        if runs_by_partition(s.name, s.config) or (i == len(steps) - 1 and streamable_curriculum(s)):
             continue
         return s
     return None
@@ -190,6 +198,7 @@ class PartitionedBuild:
         self.schema: pa.Schema | None = None             # output schema (no helper columns)
         self.curriculum = None                           # (step, quantile table) of a final curriculum
         self.stage_sizes: list[int] = []
+        self.step_reports: dict[int, tuple[dict, str]] = {}   # step index -> (info, summary) over all partitions
 
     def __enter__(self) -> PartitionedBuild:
         return self
@@ -243,23 +252,16 @@ class PartitionedBuild:
         per-step totals and the output kind."""
         from builders.curriculum import ease_expr
 
+        steps = self._plan_keyed(steps, kind, ctx, run_one)
         totals = [_StepTotals() for _ in steps]
         counts, missing = [], []       # curriculum: value counts; (partition, local row, pfirst, n) of nulls
         out_kind = kind
         for p in range(self.P):
             self.say(f"partition {p + 1}/{self.P}")
-            path = self._input(p)
-            if path.exists():
-                df = pl.from_arrow(_reader(path).read_all())
-                path.unlink()
-            else:                                       # no prompt hashed here
-                df = None
-            if df is None:
+            read = self._read_partition(p, keep=False)
+            if read is None:                            # no prompt hashed here
                 continue
-            first = df.group_by("prompt_id").agg(pl.col(SRC).min().alias(PFIRST))
-            df = df.join(first, on="prompt_id", how="left", maintain_order="left")
-            if not df[PFIRST].is_sorted():              # interleaved prompts: group them (stable)
-                df = df[np.argsort(df[PFIRST].to_numpy(), kind="stable")]
+            df, first = read
             frame, k = df.drop(SRC, PFIRST), kind
             del df
             for i, step in enumerate(steps):
@@ -288,6 +290,49 @@ class PartitionedBuild:
         if final is not None:
             self.curriculum = self._plan_curriculum(final, counts, missing)
         return totals, out_kind
+
+    def _read_partition(self, p: int, *, keep: bool) -> tuple[pl.DataFrame, pl.DataFrame] | None:
+        """Partition p's input rows, each prompt's rows together (first-appearance order, stable), and the
+        source row of each prompt's first row (PFIRST); None when no prompt hashed here."""
+        path = self._input(p)
+        if not path.exists():
+            return None
+        df = pl.from_arrow(_reader(path).read_all())
+        if not keep:
+            path.unlink()
+        first = df.group_by("prompt_id").agg(pl.col(SRC).min().alias(PFIRST))
+        df = df.join(first, on="prompt_id", how="left", maintain_order="left")
+        if not df[PFIRST].is_sorted():              # interleaved prompts: group them (stable)
+            df = df[np.argsort(df[PFIRST].to_numpy(), kind="stable")]
+        return df, first
+
+    def _plan_keyed(self, steps, kind: str, ctx: StepContext, run_one) -> list:
+        """Plan every keyed step over all prompts: the steps before it run on each partition (a second time;
+        they are cheap polars steps) to collect its per-prompt table, the plan is made once and the step is
+        replaced by one applying that plan. Its report (info, summary) is the plan's, as in memory."""
+        import dataclasses
+
+        from builders.split import bound_split, plan_split, prompt_units
+
+        steps = list(steps)
+        for i, step in enumerate(steps):
+            if step.name not in KEYED_STEPS:
+                continue
+            units = []
+            for p in range(self.P):
+                self.say(f"{step.name}: collecting prompts, partition {p + 1}/{self.P}")
+                read = self._read_partition(p, keep=True)
+                if read is None:
+                    continue
+                frame, k = read[0].drop(SRC, PFIRST), kind
+                for before in steps[:i]:
+                    frame, rep = run_one(before, frame.lazy(), k)
+                    k = rep.kind
+                units.append(prompt_units(frame.lazy(), step.config))
+            plan = plan_split(pl.concat(units, how="vertical_relaxed"), step.config, ctx)
+            self.step_reports[i] = (plan.info, plan.summary)
+            steps[i] = dataclasses.replace(step, fn=bound_split(plan))
+        return steps
 
     def _write_spill(self, p: int, out: pl.DataFrame) -> None:
         """The partition's output, one record batch per range of __pfirst (out is sorted by it), so the final

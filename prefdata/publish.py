@@ -79,6 +79,20 @@ def split_by_prompt(table: pa.Table, test_size: float) -> dict[str, pa.Table]:
     return {"train": table.filter(pa.compute.invert(is_test)), "test": table.filter(is_test)}
 
 
+def table_splits(table: pa.Table, test_size: float) -> tuple[dict[str, pa.Table], pa.Table]:
+    """(splits, the table as published). A table with a `split` column (the `split` builder step) is
+    published with exactly those splits, the column left out (the split name carries it); test_size must
+    then be 0, since the hash split would silently override the recipe's. Otherwise split_by_prompt."""
+    if "split" not in table.column_names:
+        return split_by_prompt(table, test_size), table
+    if test_size:
+        raise PrefdataError(f"the table has a 'split' column (from the split step), which is its train/test "
+                            f"split; test_size={test_size} would override it (leave test_size at 0)")
+    from catalog.export import split_tables
+
+    return split_tables(table), table.drop_columns(["split"])
+
+
 def _hf_features(schema: pa.Schema):
     from datasets import Features
 
@@ -291,16 +305,19 @@ def build_folder(cat, ref: str, repo_id: str, out_dir: Path, *, test_size: float
             raise PrefdataError(f"{out_dir}: not empty and not an earlier publish folder; choose an empty directory")
         shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True)
-    splits = split_by_prompt(table, test_size)
+    held_out = "split" in table.column_names
+    splits, table = table_splits(table, test_size)
     shards: list[Path] = []
     for split, t in splits.items():
         shards += write_shards(t, out_dir, "data", split, max_shard_bytes)
     extra = []
     if stage_configs and "stage" in table.column_names:
-        # one config per curriculum stage, for users who train stage by stage with a plain DPO trainer
-        for st in sorted(s for s in set(table.column("stage").to_pylist()) if s is not None):
+        # one config per curriculum stage, for users who train stage by stage with a plain DPO trainer; with
+        # the table's own held-out split, only its train rows (a stage config is trained on)
+        staged = table if not held_out else splits.get("train", table.slice(0, 0))
+        for st in sorted(s for s in set(staged.column("stage").to_pylist()) if s is not None):
             c = f"stage_{st}"
-            shards += write_shards(table.filter(pa.compute.equal(table.column("stage"), st)), out_dir, c,
+            shards += write_shards(staged.filter(pa.compute.equal(staged.column("stage"), st)), out_dir, c,
                                    "train", max_shard_bytes)
             extra.append(c)
     chain = _lineage_chain(cat, lineage)
