@@ -453,6 +453,29 @@ def publish(
         _console().print(f"published {ref} to {repo} (revision tag {info.get('tag')})")
 
 
+@app.command()
+@user_errors
+def iterate(
+    recipe: Annotated[Path, typer.Argument(help="Rounds recipe YAML (examples/recipes/iterate_*.yaml).")],
+    resume: Annotated[bool, typer.Option("--resume", help="Continue a killed run from its last finished phase.")] = False,
+    catalog: CatalogOpt = None,
+    as_json: JsonOpt = False,
+):
+    """Rounds of generate -> build -> train -> eval from the current policy; every round in the catalog."""
+    from prefdata.iterate import iterate as run_rounds
+
+    summary = run_rounds(recipe, catalog=_open_catalog(catalog, must_exist=False), resume=resume)
+    if as_json:
+        _print_json(summary)
+        return
+    for r in summary["rounds"]:
+        ci = r.get("win_rate_vs_start_ci")
+        win = f" · win vs start {r['win_rate_vs_start']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
+        _console().print(f"round {r['round']}: {r['pairs']} pairs{win} · checkpoint {r['checkpoint']}")
+    if summary.get("stopped"):
+        _console().print(f"stopped: {summary['stopped']['reason']}")
+
+
 def main() -> None:  # pragma: no cover - console entry
     app()
 
