@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import importlib.metadata
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +16,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from prefdata.errors import PrefdataError, RecipeError
+from prefdata.errors import RecipeError
+from prefdata.model_paths import resolve_model_path
 
 
 class SamplingSpec(BaseModel):
@@ -71,17 +71,8 @@ class GenOutput:
 
 
 def resolve_path(path: str, base_dir: Path) -> Path:
-    if path.startswith("package:"):
-        dist, _, inner = path[len("package:"):].partition("/")
-        try:
-            found = Path(str(importlib.metadata.distribution(dist).locate_file(inner)))
-        except importlib.metadata.PackageNotFoundError:
-            raise PrefdataError(f"model path {path!r}: package {dist!r} is not installed") from None
-    else:
-        found = Path(path) if Path(path).is_absolute() else base_dir / path
-    if not found.exists():
-        raise PrefdataError(f"model path {path!r} does not exist (looked at {found})")
-    return found
+    """A local path (relative to `base_dir`) or `package:<dist>/<path>`: one resolver for builders and training."""
+    return resolve_model_path(path, base_dir)
 
 
 def torch_dtype(name: str, device: str):
