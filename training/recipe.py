@@ -125,6 +125,8 @@ class TrainRecipe(_LossRecipe):
     reference: ReferenceSection = ReferenceSection()
     curriculum: CurriculumSection = CurriculumSection()
     lora: LoraSection | None = None
+    gguf_file: str | None = Field(None, description="a GGUF file inside `model` (a folder or package:<dist>/<dir>); "
+                                  "loaded de-quantized into a plain model (training/models.py)")
     tokenizer: str | None = Field(None, description="tokenizer path/id; default: the model's")
     trust_remote_code: bool = False
     make_tiny_model: bool = Field(False, description="create a random tiny Llama at `model` if it does not exist")

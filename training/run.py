@@ -33,17 +33,17 @@ from training.vlm_recipe import is_vlm_recipe
 
 
 def load_model(path: str, *, trust_remote_code: bool, tokenizer: str | None = None,
-               dtype: torch.dtype = torch.float32):
-    """Weights in `dtype` (train.master_weights), whatever dtype the checkpoint was saved in."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+               dtype: torch.dtype = torch.float32, gguf_file: str | None = None):
+    """Weights in `dtype` (train.master_weights), whatever dtype the checkpoint was saved in. Any path
+    training/models.py understands: a model folder, a GGUF file (`gguf_file`, or a path ending .gguf; loaded into
+    a plain model, so checkpoints save), a run / its final/ / checkpoints/step-N, a LoRA adapter (merged)."""
+    from training.models import load_causal_lm
 
     try:
-        tok = AutoTokenizer.from_pretrained(tokenizer or path, trust_remote_code=trust_remote_code)
-        lm = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=trust_remote_code, dtype=dtype)
-    except (OSError, ValueError) as e:
-        raise RecipeError(f"cannot load {path!r}: {str(e).splitlines()[0]}", path="model") from None
-    if tok.pad_token is None:  # same choice as TRL: pad with eos (padding never reaches the loss)
-        tok.pad_token = tok.eos_token
+        lm, tok, _ = load_causal_lm(path, gguf_file=gguf_file, dtype=dtype, trust_remote_code=trust_remote_code,
+                                    tokenizer=tokenizer)
+    except PrefdataError as e:
+        raise RecipeError(str(e), path="model") from None
     return lm, tok
 
 
@@ -100,7 +100,7 @@ def _prepare(recipe: TrainRecipe, spec, ds, out_dir: Path):
                        for c in ds.table.column(col).to_pylist() if isinstance(c, str)]
         make_tiny_model(recipe.model, texts_of_table(ds.table) + completions)
     lm, tok = load_model(recipe.model, trust_remote_code=recipe.trust_remote_code, tokenizer=recipe.tokenizer,
-                         dtype=recipe.train.weights_dtype())
+                         dtype=recipe.train.weights_dtype(), gguf_file=recipe.gguf_file)
     options = data_options(recipe)
     options.template(tok)  # chat_template: true without a template fails here, before any reference pass
     ds, ref_status = prepare_reference(recipe, spec, ds, lm, tok, out_dir, options)
