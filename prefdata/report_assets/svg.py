@@ -29,19 +29,20 @@ def _nice(x: float) -> str:
     return f"{x:.2g}"
 
 
-def _frame(title: str, xlabel: str, ylabel: str, inner: str, legend: Sequence[tuple[str, str]] = ()) -> str:
+def _frame(title: str, xlabel: str, ylabel: str, inner: str, legend: Sequence[tuple[str, str]] = (), *,
+           h: int = H, pad_l: int = PAD_L) -> str:
     leg = "".join(
         f'<rect x="{W - PAD_R - 120}" y="{PAD_T + 4 + 16 * i}" width="10" height="10" fill="{c}"/>'
         f'<text x="{W - PAD_R - 106}" y="{PAD_T + 13 + 16 * i}" font-size="11">{_esc(n)}</text>'
         for i, (n, c) in enumerate(legend))
-    return (f'<svg xmlns="http://www.w3.org/2000/svg" role="img" width="{W}" height="{H}" viewBox="0 0 {W} {H}" '
+    return (f'<svg xmlns="http://www.w3.org/2000/svg" role="img" width="{W}" height="{h}" viewBox="0 0 {W} {h}" '
             f'font-family="sans-serif"><title>{_esc(title)}</title>'
             f'<text x="{W / 2}" y="18" text-anchor="middle" font-size="13" font-weight="bold">{_esc(title)}</text>'
-            f'<line x1="{PAD_L}" y1="{H - PAD_B}" x2="{W - PAD_R}" y2="{H - PAD_B}" stroke="#333"/>'
-            f'<line x1="{PAD_L}" y1="{PAD_T}" x2="{PAD_L}" y2="{H - PAD_B}" stroke="#333"/>'
-            f'<text x="{(PAD_L + W - PAD_R) / 2}" y="{H - 6}" text-anchor="middle" font-size="11">{_esc(xlabel)}</text>'
-            f'<text x="12" y="{(PAD_T + H - PAD_B) / 2}" text-anchor="middle" font-size="11" '
-            f'transform="rotate(-90 12 {(PAD_T + H - PAD_B) / 2})">{_esc(ylabel)}</text>'
+            f'<line x1="{pad_l}" y1="{h - PAD_B}" x2="{W - PAD_R}" y2="{h - PAD_B}" stroke="#333"/>'
+            f'<line x1="{pad_l}" y1="{PAD_T}" x2="{pad_l}" y2="{h - PAD_B}" stroke="#333"/>'
+            f'<text x="{(pad_l + W - PAD_R) / 2}" y="{h - 6}" text-anchor="middle" font-size="11">{_esc(xlabel)}</text>'
+            f'<text x="12" y="{(PAD_T + h - PAD_B) / 2}" text-anchor="middle" font-size="11" '
+            f'transform="rotate(-90 12 {(PAD_T + h - PAD_B) / 2})">{_esc(ylabel)}</text>'
             f"{inner}{leg}</svg>")
 
 
@@ -175,3 +176,66 @@ def heat_table(names: Sequence[str], matrix: dict[tuple[str, str], float | None]
                        f'text-anchor="middle" font-size="10">{label}</text>')
     out.append("</svg>")
     return "".join(out)
+
+
+def points(labels: Sequence[str], series: dict[str, Sequence[float | None]], title: str, xlabel: str, *,
+           intervals: dict[str, Sequence[tuple[float, float] | None]] | None = None, ref: float | None = None,
+           x_range: tuple[float, float] | None = None) -> str:
+    """Horizontal dot plot: one row per label, one coloured dot per series (None = no dot), optional interval
+    whiskers per dot and a dashed reference line (e.g. a 0.5 win rate). Values are printed next to single-series
+    dots; every dot has a tooltip with its value and interval."""
+    intervals = intervals or {}
+    vals = [float(v) for vs in series.values() for v in vs if v is not None and math.isfinite(v)]
+    vals += [float(e) for iv in intervals.values() for pair in iv if pair is not None for e in pair]
+    if not labels or not vals:
+        return empty(title, "no values")
+    if x_range is not None:
+        x0, x1 = x_range
+    else:
+        x0, x1 = min(vals + ([ref] if ref is not None else [])), max(vals + ([ref] if ref is not None else []))
+        span = (x1 - x0) or 1.0
+        x0, x1 = x0 - 0.08 * span, x1 + 0.08 * span
+    row_h, pad_l = 30, 120
+    n_series = len(series)
+    top = PAD_T + (22 if n_series > 1 else 8)      # a one-line legend above the rows, never over the dots
+    h = max(150, top + row_h * len(labels) + PAD_B)
+    pw = W - pad_l - PAD_R
+
+    def X(v: float) -> float:
+        return pad_l + (v - x0) / (x1 - x0) * pw
+
+    out = []
+    for f in (0.0, 0.25, 0.5, 0.75, 1.0):
+        v = x0 + f * (x1 - x0)
+        out.append(f'<line x1="{X(v):.1f}" y1="{PAD_T}" x2="{X(v):.1f}" y2="{h - PAD_B}" stroke="#eee"/>'
+                   f'<text x="{X(v):.1f}" y="{h - PAD_B + 14}" text-anchor="middle" font-size="10">'
+                   f"{_esc(_nice(v))}</text>")
+    if ref is not None:
+        out.append(f'<line x1="{X(ref):.1f}" y1="{PAD_T}" x2="{X(ref):.1f}" y2="{h - PAD_B}" stroke="#888" '
+                   f'stroke-dasharray="4 3"/>')
+    for j, name in enumerate(series if n_series > 1 else []):
+        out.append(f'<rect x="{pad_l + 8 + 120 * j}" y="{PAD_T}" width="10" height="10" '
+                   f'fill="{PALETTE[j % len(PALETTE)]}"/><text x="{pad_l + 22 + 120 * j}" y="{PAD_T + 9}" '
+                   f'font-size="11">{_esc(name)}</text>')
+    for i, label in enumerate(labels):
+        yc = top + row_h * (i + 0.5)
+        out.append(f'<text x="{pad_l - 6}" y="{yc + 4:.1f}" text-anchor="end" font-size="11">{_esc(label)}</text>')
+        for j, (name, vs) in enumerate(series.items()):
+            v = vs[i]
+            if v is None or not math.isfinite(v):
+                continue
+            color = PALETTE[j % len(PALETTE)]
+            y = yc + (j - (n_series - 1) / 2) * 8
+            iv = (intervals.get(name) or [None] * len(labels))[i]
+            tip = f"{label} · {name}: {v:.4g}" + (f" [{iv[0]:.4g}, {iv[1]:.4g}]" if iv else "")
+            if iv:
+                out.append(f'<line x1="{X(iv[0]):.1f}" y1="{y:.1f}" x2="{X(iv[1]):.1f}" y2="{y:.1f}" '
+                           f'stroke="{color}" stroke-width="2"/>'
+                           + "".join(f'<line x1="{X(e):.1f}" y1="{y - 5:.1f}" x2="{X(e):.1f}" y2="{y + 5:.1f}" '
+                                     f'stroke="{color}" stroke-width="2"/>' for e in iv))
+            out.append(f'<circle cx="{X(v):.1f}" cy="{y:.1f}" r="4.5" fill="{color}"><title>{_esc(tip)}</title>'
+                       "</circle>")
+            if n_series == 1:
+                out.append(f'<text x="{X(v):.1f}" y="{y - 8:.1f}" text-anchor="middle" font-size="10">'
+                           f"{_esc(f'{v:.3g}')}</text>")
+    return _frame(title, xlabel, "", "".join(out), h=h, pad_l=pad_l)
