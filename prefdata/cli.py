@@ -411,32 +411,6 @@ def train(
         _print_json(result)
 
 
-@app.command("eval")
-@user_errors
-def eval_(
-    recipe: Annotated[Path, typer.Argument(help="Eval recipe YAML (model, baseline, prompts, generate, scorers).")],
-    name: Annotated[str | None, typer.Option("--name", "-n", help="Eval dataset name (overrides the recipe's).")] = None,
-    catalog: CatalogOpt = None,
-    as_json: JsonOpt = False,
-):
-    """Evaluate a checkpoint against a baseline: win rate with its interval, length-controlled win rate, KL,
-    per-scorer means, held-out preference metrics; the per-prompt table becomes a catalog version."""
-    from prefdata.evaluate import result_dict, run_eval, summary_table
-
-    cat = _open_catalog(catalog, must_exist=False)
-    err = _console(stderr=True)
-    res = run_eval(recipe, cat, name=name, progress=not as_json,
-                   warn=lambda msg: err.print(f"[yellow]warning:[/] {msg}"))
-    if as_json:
-        _print_json(result_dict(res))
-        return
-    con = _console()
-    con.print(summary_table(res))
-    dropped = " · ".join(f"{n} {r}" for r, n in res.rows_dropped.items())
-    con.print(f"wrote [bold]{res.ref}[/] ({res.rows} prompts" + (f"; dropped {dropped}" if dropped else "") + ")"
-              + (f"; logged on {res.checkpoint.get('dataset')}" if res.event else ""))
-
-
 @app.command()
 @user_errors
 def report(
