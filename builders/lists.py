@@ -18,6 +18,17 @@ from builders.rank import ROW, count_reasons, missing_reason
 from prefdata.errors import SchemaError
 
 PROMPT_LEVEL = ("prompt_id", "prompt", "messages")
+GROUPING = ("split", "cluster_id", "source")     # kept on the list when one value per prompt (split side, ...)
+
+
+def prompt_constant(df: pl.DataFrame) -> tuple[str, ...]:
+    """GROUPING columns with one value per prompt; one that varies within a prompt is per response and,
+    like every other per-response column, not part of a list."""
+    cols = [c for c in GROUPING if c in df.columns]
+    if not cols or df.height == 0:
+        return tuple(cols)
+    n = df.group_by("prompt_id").agg(pl.col(c).n_unique() for c in cols).select(pl.col(cols).max()).row(0)
+    return tuple(c for c, k in zip(cols, n, strict=True) if k <= 1)
 
 
 class ListsConfig(StepConfig):
@@ -65,7 +76,7 @@ def build_lists(frame: pl.LazyFrame, cfg: ListsConfig, ctx: StepContext) -> Buil
             .filter(pl.col("kth") == pl.col("nxt")).height
     else:
         cut_in_tie = 0
-    aggs = [pl.col(c).first() for c in PROMPT_LEVEL if c in df.columns and c != "prompt_id"]
+    aggs = [pl.col(c).first() for c in PROMPT_LEVEL + prompt_constant(df) if c in df.columns and c != "prompt_id"]
     aggs += [pl.col("response").alias("responses"), pl.col("response_id").alias("response_ids"),
              pl.col("score").alias("scores"),
              pl.col("score").rank("min", descending=True).cast(pl.Int32).alias("ranks")]

@@ -41,6 +41,10 @@ PROMPT_LEVEL = ("prompt_id", "prompt", "messages")       # shared by chosen and 
 # media that belongs to the prompt when it is the same for every response of a prompt (generate carries the
 # prompt's images onto each response): one `images` column then, the pairs contract's (and TRL's VLM) form
 PROMPT_MEDIA = ("images", "image", "video")
+# prompt-grouping columns (split side, near-duplicate cluster, mixture source): one per prompt by construction,
+# so a `split` before `pairs` stays one `split` column (not split_chosen / split_rejected) and later steps and
+# the trainer still see it
+PROMPT_GROUPING = ("split", "cluster_id", "source")
 RENAMED = {"response": ("chosen", "rejected"), "response_id": ("chosen_id", "rejected_id"),
            "score": ("score_chosen", "score_rejected")}
 
@@ -242,8 +246,9 @@ def _mark(n: int, where: np.ndarray, rows: list[np.ndarray]) -> np.ndarray:
 
 
 def prompt_media(df: pl.DataFrame) -> list[str]:
-    """PROMPT_MEDIA columns whose value is one per prompt (so chosen and rejected always share it)."""
-    cols = [c for c in PROMPT_MEDIA if c in df.columns]
+    """PROMPT_MEDIA and PROMPT_GROUPING columns whose value is one per prompt (so chosen and rejected always
+    share it); one that varies within a prompt stays per response (X_chosen / X_rejected)."""
+    cols = [c for c in PROMPT_MEDIA + PROMPT_GROUPING if c in df.columns]
     if not cols or "prompt_id" not in df.columns:
         return []
     n = df.group_by("prompt_id").agg(pl.col(c).n_unique() for c in cols).select(pl.col(cols).max()).row(0)
