@@ -243,7 +243,8 @@ def _event_summary(record: Any) -> str:
     """One line for a run/checkpoint event (the full record is in `prefdata log --json`)."""
     if not isinstance(record, dict):
         return json.dumps(_jsonable(record), ensure_ascii=False)
-    parts = [f"{k} {record[k]}" for k in ("output_dir", "checkpoint", "step", "steps") if record.get(k) is not None]
+    parts = [f"{k} {record[k]}" for k in ("round", "output_dir", "checkpoint", "parent", "step", "steps")
+             if record.get(k) is not None]
     last = record.get("last") if isinstance(record.get("last"), dict) else {}
     parts += [f"{k} {last[k]:.4g}" for k in ("loss", "reward_accuracy") if isinstance(last.get(k), (int, float))]
     if record.get("config_sha256"):
@@ -263,7 +264,7 @@ def _render_log_record(con, name: str, rec: dict) -> None:
         head += f" ({', '.join(tags)})"
     con.print(f"{head}  {rec.get('created_at', '')}  {rec.get('message') or ''}")
     for key in ("builder", "recipe", "config_sha256", "content_hash", "inputs", "rows_in", "rows_kept", "drops",
-                "reference_model", "package_version"):
+                "reference_model", "package_version", "iterate", "parent"):
         if rec.get(key) not in (None, "", [], {}):
             con.print(f"    {key:<16} {json.dumps(_jsonable(rec[key]), ensure_ascii=False)}")
     for step in rec.get("steps") or []:
