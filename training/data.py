@@ -28,6 +28,8 @@ LIST_REF = "ref_logps"
 UNPAIRED_REF = "ref_logp"                   # unpaired table: the completion's reference log-prob
 UNPAIRED_KL_REF = "ref_logp_kl"            # ... and its KL sample's (prompt, another row's completion)
 PAIR_KL_REF = ("ref_logp_kl_chosen", "ref_logp_kl_rejected")   # a pairs table trained unpaired (KTO)
+SPLIT = "split"                             # written by the `split` builder step: train / test per prompt
+TRAIN_SPLIT = "train"                       # the trainer trains only these rows when the column exists
 
 
 def unpaired_ref_columns(kind: str) -> tuple[str, ...]:
@@ -137,6 +139,29 @@ def dataset_columns(dataset: str, catalog_path=None) -> list[str]:
             return pq.read_schema(p).names
         return read_file(dataset).schema.names
     return open_dataset(dataset, catalog_path).table.schema.names
+
+
+def split_counts(dataset: str, catalog_path=None) -> dict[str, int] | None:
+    """Rows per value of the `split` column (None when there is none); reads only that column of a parquet."""
+    if is_file_ref(dataset) and Path(dataset).suffix == ".parquet" and Path(dataset).exists():
+        import pyarrow.parquet as pq
+        if SPLIT not in pq.read_schema(dataset).names:
+            return None
+        table = pq.read_table(dataset, columns=[SPLIT])
+    else:
+        table = open_dataset(dataset, catalog_path).table
+    return value_counts(table, SPLIT) if SPLIT in table.column_names else None
+
+
+def value_counts(table: pa.Table, column: str) -> dict:
+    counts = table.column(column).value_counts().to_pylist()
+    return {c["values"]: c["counts"] for c in counts}
+
+
+def select_split(table: pa.Table, value: str) -> pa.Table:
+    """The rows whose `split` is `value` (table order kept)."""
+    import pyarrow.compute as pc
+    return table.filter(pc.equal(table.column(SPLIT), value).fill_null(False))
 
 
 @dataclass

@@ -38,6 +38,7 @@ from training.checkpointing import (
     write_checkpoint,
 )
 from training.data import TrainData
+from training.evaluation import text_eval_hook
 from training.forward import group_logps
 from training.logps import SequenceLogps, attn_implementation
 from training.losses import LossSpec, RunningMean
@@ -65,6 +66,7 @@ class RunSetup:
     log_event: Callable[[str, dict], None] | None = None
     info: dict = field(default_factory=dict)       # reference status, drops: copied into every checkpoint
     online_ref: object = None                      # TDPO: frozen reference model or logps.ADAPTERS_OFF
+    eval_set: object = None                        # evaluation.EvalSet of the recipe's `eval:` section
 
 
 class StepLoop:
@@ -74,6 +76,7 @@ class StepLoop:
     label = "train"
     event_extra: dict = {}
     resumable_changes = RESUMABLE_CHANGES   # recipe keys a resume may change (checkpointing.check_resumable)
+    eval_hook = None                        # evaluation.EvalHook: eval/* rows before step 1, every N steps, at the end
 
     def step_parts(self, idx: tuple[int, ...]) -> list[tuple[int, ...]]:
         return [idx]
@@ -113,6 +116,11 @@ class StepLoop:
             self.load_extra(extra)
         return step
 
+    def log_eval(self, step: int, log, console) -> None:  # main process only: the others wait at the next sync
+        if self.eval_hook is not None and self.eval_hook.due(step, len(self.plan)) and self.acc.is_main_process:
+            log.write(json.dumps(self.eval_hook(step, console)) + "\n")
+            log.flush()
+
     # -- the loop -------------------------------------------------------------------------------------
     def run(self, resume: bool = False) -> dict:
         t, plan = self.recipe.train, self.plan
@@ -126,7 +134,7 @@ class StepLoop:
                                 "at least one): raise train.batch_size or drop the last partial batch's rows")
         start = self.load_latest() if resume else 0
         main = self.acc.is_main_process   # only the main process touches metrics.jsonl (DDP: one writer)
-        if main and not resume and self.metrics_path.exists():
+        if main and start == 0 and self.metrics_path.exists():   # a resume without a checkpoint starts over
             self.metrics_path.unlink()
         self.before_run()
         last: dict = {}
@@ -138,6 +146,8 @@ class StepLoop:
         t_run = time.perf_counter()
         with bar, (self.metrics_path if main else Path(os.devnull)).open("a") as log:
             task = bar.add_task("train", total=len(plan), completed=start, info="")
+            if start == 0:   # eval of the starting policy: what training is compared with
+                self.log_eval(0, log, bar.console)
             for step in range(start, len(plan)):
                 self.before_step(step)
                 t0 = time.perf_counter()
@@ -163,6 +173,7 @@ class StepLoop:
                     log.flush()
                 acc = last["reward_accuracy"]  # None for unpaired (KTO) data
                 bar.update(task, advance=1, info=f"loss {last['loss']:.4f}" + (f" acc {acc:.2f}" if acc is not None else ""))
+                self.log_eval(step + 1, log, bar.console)   # before the step's checkpoint: never lost, never repeated
                 if t.save_every and (step + 1) % t.save_every == 0 and step + 1 < len(plan):
                     log.flush()
                     self.save(step + 1, last)
@@ -283,4 +294,6 @@ class Trainer(StepLoop):
 
 
 def train(setup: RunSetup) -> dict:
-    return Trainer(setup).run(resume=setup.resume)
+    trainer = Trainer(setup)
+    trainer.eval_hook = text_eval_hook(trainer, setup.eval_set) if setup.eval_set is not None else None
+    return trainer.run(resume=setup.resume)

@@ -18,8 +18,11 @@ from training.data import (
     LIST_REF,
     PAIR_REF,
     PAIR_TOK_REF,
+    SPLIT,
+    TRAIN_SPLIT,
     DataOptions,
     dataset_columns,
+    split_counts,
     table_kind,
     unpaired_columns,
     unpaired_ref_columns,
@@ -89,6 +92,31 @@ class UnpairedSection(_Section):
                                           "`label`: desirable = score >= threshold (default: scores must be 0/1)")
 
 
+class EvalSection(_Section):
+    """Forward-only preference metrics on held-out rows during training (training/evaluation.py)."""
+    dataset: str | None = Field(None, description="catalog name[@version|@tag] or a parquet/Arrow file to evaluate on")
+    split: str | None = Field(None, description="evaluate on the training table's rows with this `split` value "
+                              "(default, when `dataset` is not given: test)")
+    every: int = Field(0, ge=0, description="optimizer steps between evals; 0 = only before training and at the "
+                       "end (both always run)")
+    max_rows: int | None = Field(None, ge=1, description="evaluate the first max_rows rows of the eval table "
+                                 "(table order, no shuffle); None = all")
+    batch_size: int | None = Field(None, ge=1, description="rows per eval forward; default: reference.batch_size")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_split(cls, data):
+        if isinstance(data, dict) and data.get("dataset") is None and data.get("split") is None:
+            return {**data, "split": "test"}
+        return data
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if self.dataset is not None and self.split is not None:
+            raise ValueError("give eval.dataset (another table) or eval.split (rows of the training table), not both")
+        return self
+
+
 class LoraSection(_Section):
     r: int = Field(8, ge=1)
     alpha: float = Field(16.0, gt=0)
@@ -135,6 +163,7 @@ class TrainRecipe(_LossRecipe):
         "it has one; true: every row (a string prompt = one user message), error if the tokenizer has none; "
         "false: never")
     unpaired: UnpairedSection = UnpairedSection()
+    eval: EvalSection | None = None
 
     @model_validator(mode="after")
     def _loss_is_valid(self) -> TrainRecipe:
@@ -154,6 +183,29 @@ def online_reference(spec: LossSpec) -> bool:
 def needs_reference(spec: LossSpec, recipe: TrainRecipe) -> bool:
     """Reference log-probs as dataset columns (precomputed by the reference pass, or already present)."""
     return "ref" in spec.needs and not recipe.reference.free and not online_reference(spec)
+
+
+def reference_columns(spec: LossSpec, recipe: TrainRecipe, columns) -> tuple[str, ...]:
+    """The reference log-prob columns a table of these columns must carry for this loss (none if not needed)."""
+    if not needs_reference(spec, recipe):
+        return ()
+    kind = table_kind(columns)
+    if spec.kind == "unpaired":
+        return unpaired_ref_columns(kind)
+    want = PAIR_REF if kind == "pairs" else (LIST_REF,)
+    return want + PAIR_TOK_REF if "token_logps" in spec.needs and kind == "pairs" else want
+
+
+def reference_model(recipe: TrainRecipe, columns) -> str | None:
+    """The model whose log-probs the reference pass stores, or None (no pass: the dataset's columns, a
+    reference-free loss, or TDPO's online reference). A recipe without `reference` gets the starting policy
+    (TRL's convention) unless the dataset already carries the reference columns."""
+    spec, _ = recipe.loss_spec()
+    if not needs_reference(spec, recipe):
+        return None
+    if recipe.reference.model:
+        return recipe.reference.model
+    return None if set(reference_columns(spec, recipe, columns)) <= set(columns) else recipe.model
 
 
 def check_dataset(recipe: TrainRecipe, columns: list[str], *, file: str | None = None) -> None:
@@ -194,15 +246,6 @@ def check_dataset(recipe: TrainRecipe, columns: list[str], *, file: str | None =
              f"{recipe.dataset} is a {kind} table", "loss.name")
     if spec.kind == "list" and "scores" not in columns:
         fail("listwise loss needs the 'scores' column", "dataset")
-    if needs_reference(spec, recipe) and not recipe.reference.model:
-        have = set(PAIR_REF) <= set(columns) if kind == "pairs" else LIST_REF in columns
-        if "token_logps" in spec.needs:
-            have = have and set(PAIR_TOK_REF) <= set(columns)
-        if not have:
-            want = ", ".join(PAIR_REF if kind == "pairs" else (LIST_REF,))
-            fail(f"loss {recipe.loss['name']!r} needs reference log-probs: the dataset has no {want} column(s); "
-                 "set reference.model (they are then computed once and stored) or reference.free: true",
-                 "reference.model")
     if "rm_margin" in spec.needs and "margin" not in columns:
         fail(f"loss {recipe.loss['name']!r} needs the reward-model margin column 'margin'", "dataset")
     if "other_rewards" in spec.needs and not {"scores_chosen", "scores_rejected"} <= set(columns):
@@ -239,11 +282,58 @@ def check_unpaired(recipe: TrainRecipe, spec: LossSpec, columns: list[str], kind
         fail(f"an iterative curriculum is not supported with {name!r}", "curriculum.mode")
     if recipe.curriculum.mode != "off" and "stage" not in columns:
         fail("a curriculum needs the 'stage' column", "curriculum.mode")
-    want = unpaired_ref_columns(kind)
-    if needs_reference(spec, recipe) and not recipe.reference.model and not set(want) <= set(columns):
-        fail(f"loss {name!r} needs reference log-probs of the completions and of their KL samples: the dataset "
-             f"has no {', '.join(c for c in want if c not in columns)} column(s); set reference.model (they are "
-             "then computed once and stored) or reference.free: true", "reference.model")
+
+
+def check_split(recipe, counts: dict[str, int] | None, *, file: str | None = None) -> None:
+    """A table with a `split` column trains on its `train` rows: there must be some."""
+    if counts is not None and not counts.get(TRAIN_SPLIT):
+        raise RecipeError(f"{recipe.dataset} has a `split` column but no {TRAIN_SPLIT!r} rows (it has "
+                          f"{_counts(counts)}); training uses only the train rows", path="dataset", file=file)
+
+
+def _counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{n} {k!r}" for k, n in sorted(counts.items(), key=lambda kv: str(kv[0]))) or "no rows"
+
+
+def check_eval_split(recipe, split_counts: dict[str, int] | None, *, file: str | None = None) -> None:
+    """`eval.split` (text and VLM recipes) needs the training table's `split` column with rows of that value."""
+    ev = recipe.eval
+    if ev is None or ev.split is None:
+        return
+    if split_counts is None:
+        raise RecipeError(f"{recipe.dataset} has no `split` column (the `split` builder step writes one); split "
+                          "it, or set eval.dataset to evaluate on another table", path="eval.split", file=file)
+    if not split_counts.get(ev.split):
+        raise RecipeError(f"{recipe.dataset} has no rows with split {ev.split!r} (it has {_counts(split_counts)})",
+                          path="eval.split", file=file)
+
+
+def check_eval(recipe: TrainRecipe, columns: list[str], *, eval_columns: list[str] | None = None,
+               split_counts: dict[str, int] | None = None, file: str | None = None) -> None:
+    """The `eval` section against the data: `split` needs the training table's `split` column with rows of that
+    value; another `dataset` must have what the loss needs (the training table's checks), and when the training
+    reference comes from the training table's columns (no reference model to run on the eval rows), those
+    columns too."""
+    ev = recipe.eval
+    if ev is None or ev.split is not None:
+        check_eval_split(recipe, split_counts, file=file)
+        return
+    spec, _ = recipe.loss_spec()
+
+    def fail(msg: str) -> None:
+        raise RecipeError(f"eval dataset {ev.dataset}: {msg}", path="eval.dataset", file=file)
+
+    try:   # the training table's checks, on the eval table (no curriculum: eval rows need no stage)
+        check_dataset(recipe.model_copy(update={"dataset": ev.dataset, "curriculum": CurriculumSection()}),
+                      eval_columns)
+    except RecipeError as e:
+        fail(str(e).removeprefix(f"{e.path}: ") if e.path else str(e))
+    if needs_reference(spec, recipe) and reference_model(recipe, columns) is None:
+        missing = [c for c in reference_columns(spec, recipe, eval_columns) if c not in eval_columns]
+        if missing:
+            fail(f"no {', '.join(missing)} column(s), and the training reference log-probs are {recipe.dataset}'s "
+                 "own columns, so no reference model can compute them; set reference.model (one reference pass "
+                 "then covers both tables)")
 
 
 def data_options(recipe: TrainRecipe) -> DataOptions:
@@ -285,18 +375,27 @@ def read_recipe_yaml(path: str | Path) -> dict:
         raise RecipeError(f"invalid YAML: {e}".replace("\n", " "), file=str(p)) from None
 
 
-def recipe_dataset_columns(dataset: str, catalog_path, *, file: str) -> list[str]:
-    """The dataset's column names; a missing or unreadable dataset is a RecipeError at `dataset`."""
+def recipe_dataset_columns(dataset: str, catalog_path, *, file: str, path: str = "dataset") -> list[str]:
+    """The dataset's column names; a missing or unreadable dataset is a RecipeError at `path`."""
     try:
         return dataset_columns(dataset, catalog_path)
     except PrefdataError as e:   # DatasetNotFound included
-        raise RecipeError(str(e), path="dataset", file=file) from None
+        raise RecipeError(str(e), path=path, file=file) from None
 
 
 def load_train_recipe(path: str | Path, *, catalog_path: str | Path | None = None,
                       check_data: bool = True) -> TrainRecipe:
-    """Parse and validate a training recipe; with `check_data`, also open the dataset's schema and check it."""
+    """Parse and validate a training recipe; with `check_data`, also open the dataset's schema (and its `split`
+    column, the eval dataset's schema) and check them."""
     recipe = parse_train_recipe(read_recipe_yaml(path), file=str(path))
     if check_data:
-        check_dataset(recipe, recipe_dataset_columns(recipe.dataset, catalog_path, file=str(path)), file=str(path))
+        file = str(path)
+        columns = recipe_dataset_columns(recipe.dataset, catalog_path, file=file)
+        check_dataset(recipe, columns, file=file)
+        counts = split_counts(recipe.dataset, catalog_path) if SPLIT in columns else None
+        check_split(recipe, counts, file=file)
+        ev = recipe.eval
+        eval_columns = recipe_dataset_columns(ev.dataset, catalog_path, file=file, path="eval.dataset") \
+            if ev is not None and ev.dataset else None
+        check_eval(recipe, columns, eval_columns=eval_columns, split_counts=counts, file=file)
     return recipe

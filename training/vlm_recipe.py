@@ -21,13 +21,16 @@ import yaml
 from pydantic import Field, model_validator
 
 from prefdata.errors import RecipeError
-from training.data import PAIR_REF
+from training.data import PAIR_REF, SPLIT, split_counts
 from training.recipe import (
     CurriculumSection,
+    EvalSection,
     LoraSection,
     TrainSection,
     _LossRecipe,
     _Section,
+    check_eval_split,
+    check_split,
     read_recipe_yaml,
     recipe_dataset_columns,
     validate_recipe,
@@ -80,6 +83,7 @@ class VlmRecipe(_LossRecipe):
     reference: VlmReferenceSection = VlmReferenceSection()
     curriculum: CurriculumSection = CurriculumSection()
     lora: LoraSection | None = None
+    eval: EvalSection | None = None
 
     @model_validator(mode="after")
     def _check(self) -> VlmRecipe:
@@ -146,6 +150,25 @@ def check_vlm_dataset(recipe: VlmRecipe, columns: list[str], *, file: str | None
         raise RecipeError("a curriculum needs the 'stage' column", path="curriculum.mode", file=file)
 
 
+def check_vlm_eval(recipe: VlmRecipe, columns: list[str], eval_columns: list[str] | None, *,
+                   file: str | None = None) -> None:
+    """`eval.dataset` must be a MIA-DPO pairs table with what the loss needs, and carry reference columns when the
+    training reference is the training table's columns."""
+    ev = recipe.eval
+    if ev is None or ev.dataset is None:
+        return
+    try:
+        check_vlm_dataset(recipe.model_copy(update={"dataset": ev.dataset, "curriculum": CurriculumSection()}),
+                          eval_columns)
+    except RecipeError as e:
+        msg = str(e).removeprefix(f"{e.path}: ") if e.path else str(e)
+        raise RecipeError(f"eval dataset {ev.dataset}: {msg}", path="eval.dataset", file=file) from None
+    if recipe.reference_source(columns) == "dataset" and not set(PAIR_REF) <= set(eval_columns):
+        raise RecipeError(f"eval dataset {ev.dataset}: no {', '.join(PAIR_REF)} columns, and the training "
+                          f"reference is {recipe.dataset}'s own columns (reference.source dataset); use another "
+                          "reference source", path="eval.dataset", file=file)
+
+
 def parse_vlm_recipe(data: dict, *, file: str | None = None) -> VlmRecipe:
     return validate_recipe(VlmRecipe, data, file=file)
 
@@ -155,6 +178,14 @@ def load_vlm_recipe(path: str | Path, *, catalog_path: str | Path | None = None,
     """Parse and validate a VLM recipe; with `check_data`, also check the dataset's columns."""
     recipe = parse_vlm_recipe(read_recipe_yaml(path), file=str(path))
     if check_data:
-        check_vlm_dataset(recipe, recipe_dataset_columns(recipe.dataset, catalog_path, file=str(path)),
-                          file=str(path))
+        file = str(path)
+        columns = recipe_dataset_columns(recipe.dataset, catalog_path, file=file)
+        check_vlm_dataset(recipe, columns, file=file)
+        counts = split_counts(recipe.dataset, catalog_path) if SPLIT in columns else None
+        check_split(recipe, counts, file=file)
+        check_eval_split(recipe, counts, file=file)
+        ev = recipe.eval
+        if ev is not None and ev.dataset:
+            check_vlm_eval(recipe, columns, recipe_dataset_columns(ev.dataset, catalog_path, file=file,
+                                                                   path="eval.dataset"), file=file)
     return recipe

@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 import json
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -28,8 +28,18 @@ from prefdata.errors import IngestError, PrefdataError, RecipeError
 from training.checkpointing import (
     precision,
 )
-from training.data import PAIR_REF, DatasetHandle, open_catalog, open_dataset
+from training.data import (
+    PAIR_REF,
+    SPLIT,
+    TRAIN_SPLIT,
+    DatasetHandle,
+    open_catalog,
+    open_dataset,
+    select_split,
+    value_counts,
+)
 from training.diffusion_data import MediaPaths
+from training.evaluation import EvalHook, EvalSums, add_pairs, last_eval_row, pair_metrics
 from training.loop import StepLoop
 from training.losses import PairBatch, RunningMean
 from training.plan import make_plan
@@ -137,7 +147,8 @@ class VlmTrainer(StepLoop):
     event_extra = {"trainer": "vlm"}
 
     def __init__(self, recipe: VlmRecipe, model, processor, data: VlmData, paths: MediaPaths, *, ref_source: str,
-                 dataset_ref: str, out_dir: Path, log_event=None, info: dict | None = None):
+                 dataset_ref: str, out_dir: Path, log_event=None, info: dict | None = None,
+                 eval_data: VlmData | None = None, eval_paths: MediaPaths | None = None):
         t = recipe.train
         self.r, self.proc, self.data, self.paths, self.out_dir = recipe, processor, data, paths, out_dir
         self.recipe = recipe
@@ -174,11 +185,17 @@ class VlmTrainer(StepLoop):
         self.ref = torch.stack([data.columns[c] for c in PAIR_REF], 1) if ref_source == "dataset" else None
         self.with_tokens = "token_logps" in self.spec.needs
         self.metrics_path = out_dir / "metrics.jsonl"
+        # held-out rows (the recipe's eval section): their reference is the training rows' source
+        self.eval_data, self.eval_paths = eval_data, eval_paths
+        self.eval_ref = torch.stack([eval_data.columns[c] for c in PAIR_REF], 1) \
+            if eval_data is not None and ref_source == "dataset" else None
+        if eval_data is not None:
+            self.eval_hook = EvalHook(self.evaluate, recipe.eval.every)
 
-    def batch(self, idx) -> tuple[VlmBatch, int]:
+    def batch(self, idx, data: VlmData | None = None, paths: MediaPaths | None = None) -> tuple[VlmBatch, int]:
         """The micro-batch on the device, and its non-padding token count (counted on the host: no GPU sync)."""
-        rows = [self.data.rows[i] for i in idx]
-        b = collate_pairs(self.proc, rows, self.paths, max_length=self.r.train.max_length,
+        rows = [(data or self.data).rows[i] for i in idx]
+        b = collate_pairs(self.proc, rows, paths or self.paths, max_length=self.r.train.max_length,
                           image_text=self.r.vlm.image_text)
         return b.to(self.acc.device), b.n_tokens
 
@@ -193,23 +210,28 @@ class VlmTrainer(StepLoop):
             return inner(b, self.with_tokens)
 
     @torch.no_grad()
-    def precompute_reference(self) -> None:
-        """One pass of the initial model (adapters off) over every row; held as [N, 2] float64."""
-        n, bs = len(self.data.rows), self.r.reference.batch_size
+    def precompute_reference(self, data: VlmData | None = None, paths: MediaPaths | None = None) -> torch.Tensor:
+        """One pass of the initial model (adapters off) over every row; [N, 2] float64."""
+        data = data or self.data
+        n, bs = len(data.rows), self.r.reference.batch_size
         ref = torch.zeros(n, 2, dtype=torch.float64)
         was_training = self.model.training
         self.model.eval()
         for s in range(0, n, bs):
             idx = list(range(s, min(n, s + bs)))
-            out = self._reference_forward(self.batch(idx)[0])
+            out = self._reference_forward(self.batch(idx, data, paths)[0])
             k = len(idx)
             ref[s:s + k] = torch.stack([out.sums[:k], out.sums[k:]], 1).double().cpu()
         self.model.train(was_training)
-        self.ref = ref
+        return ref
 
-    def pair_batch(self, b: VlmBatch, idx: tuple[int, ...]) -> PairBatch:
+    def pair_batch(self, b: VlmBatch, idx: tuple[int, ...], *, data: VlmData | None = None,
+                   ref: torch.Tensor | None = None, policy=None) -> PairBatch:
+        """The loss's batch; `data`/`ref`/`policy` default to the training rows, their reference, the DDP model."""
         k, dev, spec = len(idx), self.acc.device, self.spec
-        pol = self.model(b, self.with_tokens)
+        data = data or self.data
+        ref_rows = self.ref if ref is None else ref
+        pol = (policy or self.model)(b, self.with_tokens)
         dt = pol.sums.dtype
         pb = PairBatch(pol_chosen=pol.sums[:k], pol_rejected=pol.sums[k:])
         n = pol.counts.to(dt)
@@ -221,7 +243,7 @@ class VlmTrainer(StepLoop):
             pb.tok_mask_chosen, pb.tok_mask_rejected = pol.tok_mask[:k], pol.tok_mask[k:]
         if "ref" in spec.needs:
             if self.ref_source in ("dataset", "precompute"):
-                r = self.ref[list(idx)].to(device=dev, dtype=dt)
+                r = ref_rows[list(idx)].to(device=dev, dtype=dt)
                 pb.ref_chosen, pb.ref_rejected = r[:, 0], r[:, 1]
             elif self.ref_source == "free":
                 pb.ref_chosen, pb.ref_rejected = torch.zeros_like(pb.pol_chosen), torch.zeros_like(pb.pol_rejected)
@@ -233,12 +255,12 @@ class VlmTrainer(StepLoop):
                 pb.ref_chosen, pb.ref_rejected = ref.sums[:k].to(dt), ref.sums[k:].to(dt)
                 if self.with_tokens:
                     pb.tok_ref_chosen, pb.tok_ref_rejected = ref.tokens[:k].to(dt), ref.tokens[k:].to(dt)
-        col = {c: v[list(idx)].to(device=dev, dtype=dt) for c, v in self.data.columns.items()}
+        col = {c: v[list(idx)].to(device=dev, dtype=dt) for c, v in data.columns.items()}
         if "rm_margin" in spec.needs:
             pb.rm_margin = col["margin"]
         if "pref_alpha" in col:
             pb.pref_alpha = col["pref_alpha"]
-        pb.weight = self.data.weight[list(idx)].to(device=dev, dtype=dt)
+        pb.weight = data.weight[list(idx)].to(device=dev, dtype=dt)
         pb.bco_delta = self.bco.value if self.bco is not None else None
         return pb
 
@@ -254,16 +276,45 @@ class VlmTrainer(StepLoop):
         sums = torch.stack([pb.pol_chosen, pb.pol_rejected], 1).flatten().detach()
         return (lo.loss * pb.weight).sum(), lo, n_tok, sums
 
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        """The pair eval metrics (training/evaluation.py) on the eval rows: training's collation, loss and
+        reference source, the policy unwrapped from DDP (only the main process evaluates)."""
+        data, bs = self.eval_data, self.r.eval.batch_size or self.r.reference.batch_size
+        has_ref = self.ref_source not in ("free", "none")
+        policy = self.acc.unwrap_model(self.model)
+        was_training = policy.training
+        policy.eval()
+        sums = EvalSums()
+        try:
+            for s in range(0, len(data.rows), bs):
+                idx = tuple(range(s, min(len(data.rows), s + bs)))
+                with self.acc.autocast():
+                    pb = self.pair_batch(self.batch(idx, data, self.eval_paths)[0], idx, data=data,
+                                         ref=self.eval_ref, policy=policy)
+                    lo = self.spec.fn(pb, self.params)
+                add_pairs(sums, lo, pb.pol_chosen, pb.pol_rejected, pb.ref_chosen if has_ref else None,
+                          pb.ref_rejected if has_ref else None)
+        finally:
+            policy.train(was_training)
+        return pair_metrics(sums.read(), has_ref)
+
     def before_run(self) -> None:
         if self.ref_source == "precompute" and self.ref is None:
-            self.precompute_reference()
+            self.ref = self.precompute_reference()
+        if self.ref_source == "precompute" and self.eval_data is not None and self.eval_ref is None:
+            self.eval_ref = self.precompute_reference(self.eval_data, self.eval_paths)
 
     def extra_state(self) -> dict:
-        return {"ref": self.ref if self.ref_source == "precompute" else None, **super().extra_state()}
+        pre = self.ref_source == "precompute"
+        return {"ref": self.ref if pre else None, "eval_ref": self.eval_ref if pre else None,
+                **super().extra_state()}
 
     def load_extra(self, extra: dict) -> None:
         if extra.get("ref") is not None:
             self.ref = extra["ref"]
+        if extra.get("eval_ref") is not None:
+            self.eval_ref = extra["eval_ref"]
         super().load_extra(extra)
 
     def save_final(self, final: Path) -> None:
@@ -285,9 +336,23 @@ def train_vlm_from_recipe(recipe_path: str | Path, *, catalog_path: str | Path |
     ref_source = recipe.reference_source(ds.table.column_names)
     required = (PAIR_REF if ref_source == "dataset" else ()) + \
         (("margin",) if "rm_margin" in recipe.loss_spec()[0].needs else ())
-    data = load_vlm_data(ds, recipe, proc, paths, required=required)
+    by_split = value_counts(ds.table, SPLIT) if SPLIT in ds.table.column_names else None
+    # a split table trains on its `train` rows only
+    data = load_vlm_data(replace(ds, table=select_split(ds.table, TRAIN_SPLIT)) if by_split else ds, recipe, proc,
+                         paths, required=required)
     if not data.rows:
         raise PrefdataError(f"{ds.ref}: no trainable rows ({dict(data.dropped)})")
+    eval_data = eval_paths = None
+    ev = recipe.eval
+    if ev is not None:
+        eval_ds = replace(ds, table=select_split(ds.table, ev.split)) if ev.split is not None \
+            else open_dataset(ev.dataset, catalog_path)
+        eval_paths = paths if ev.split is not None else media_paths(recipe, eval_ds)
+        if ev.max_rows:
+            eval_ds = replace(eval_ds, table=eval_ds.table.slice(0, ev.max_rows))
+        eval_data = load_vlm_data(eval_ds, recipe, proc, eval_paths, required=required)
+        if not eval_data.rows:
+            raise PrefdataError(f"eval rows of {eval_ds.ref}: none can be evaluated ({dict(eval_data.dropped)})")
     log_event = None
     if ds.name is not None:
         cat = open_catalog(ds.catalog_path)
@@ -297,9 +362,18 @@ def train_vlm_from_recipe(recipe_path: str | Path, *, catalog_path: str | Path |
 
     info = {"reference": {"source": ref_source}, "rows_in": data.rows_in, "rows_trained": len(data.rows),
             "rows_dropped": dict(data.dropped), "unreadable": data.unreadable}
+    if by_split is not None:   # rows_in counts the train rows; the others are held out, not dropped
+        info["rows_by_split"] = {str(k): n for k, n in by_split.items()}
+    if eval_data is not None:
+        info["eval_rows"] = {"source": f"{ds.ref} split={ev.split}" if ev.split is not None else ev.dataset,
+                             "rows_in": eval_data.rows_in, "rows": len(eval_data.rows),
+                             "rows_dropped": dict(eval_data.dropped), "unreadable": eval_data.unreadable}
     out_dir = Path(recipe.output_dir)
     trainer = VlmTrainer(recipe, model, proc, data, paths, ref_source=ref_source, dataset_ref=ds.ref,
-                         out_dir=out_dir, log_event=log_event, info=info)
+                         out_dir=out_dir, log_event=log_event, info=info, eval_data=eval_data,
+                         eval_paths=eval_paths)
     result = trainer.run(resume=resume)
+    if eval_data is not None:   # read back: a resumed run's last eval may predate the resume
+        result["eval"] = last_eval_row(out_dir / "metrics.jsonl")
     (out_dir / "run.json").write_text(json.dumps(result, indent=2, default=str))
     return result

@@ -138,10 +138,11 @@ def test_parse_time_errors(tmp_path, files):
     for over, path, words in cases:
         e = _err(_recipe(tmp_path, "bad", **{**base, **over}))
         assert e.path == path and words in str(e), (over, str(e))
-    e = _err(_recipe(tmp_path, "noref", dataset=un, model="some/model"))
-    assert e.path == "reference.model" and "ref_logp, ref_logp_kl" in str(e)
-    e = _err(_recipe(tmp_path, "noref2", dataset=pairs, model="some/model", unpaired={"from_pairs": True}))
-    assert "ref_logp_kl_chosen" in str(e)
+    # no reference section: the reference pass runs the starting policy (TRL's convention), no error
+    from training.recipe import reference_model
+    r = load_train_recipe(_recipe(tmp_path, "noref", dataset=un, model="some/model"))
+    assert reference_model(r, ["prompt", "completion", "label"]) == "some/model"
+    assert reference_model(r, ["prompt", "completion", "label", "ref_logp", "ref_logp_kl"]) is None
     # a scored responses table (the catalog form of TRL unpaired data) parses; labels are checked at load time
     load_train_recipe(_recipe(tmp_path, "scored", dataset=files / "scored.parquet", **base))
 

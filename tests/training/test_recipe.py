@@ -67,11 +67,14 @@ def test_pair_loss_on_lists_table(tmp_path, files):
     assert e.path == "loss.name" and "pairs table" in str(e)
 
 
-def test_reference_needed_but_missing(tmp_path, files):
-    e = _err(_recipe(tmp_path, dataset=str(files["pairs"]), reference={}))
-    assert e.path == "reference.model" and "ref_logp_chosen" in str(e)
-    # fine when the dataset already carries reference log-probs, or reference-free, or a reference-free loss
-    load_train_recipe(_recipe(tmp_path, dataset=str(files["withref"]), reference={}))
+def test_reference_defaults_to_the_starting_policy(tmp_path, files):
+    from training.recipe import reference_model
+    # no reference section and no ref columns: the reference pass runs the starting policy (TRL's convention)
+    r = load_train_recipe(_recipe(tmp_path, dataset=str(files["pairs"]), reference={}))
+    assert reference_model(r, ["prompt", "chosen", "rejected"]) == "some/model"
+    # the dataset's own columns, reference-free, or a reference-free loss: no reference pass
+    r = load_train_recipe(_recipe(tmp_path, dataset=str(files["withref"]), reference={}))
+    assert reference_model(r, ["prompt", "chosen", "rejected", "ref_logp_chosen", "ref_logp_rejected"]) is None
     load_train_recipe(_recipe(tmp_path, dataset=str(files["pairs"]), reference={"free": True}))
     load_train_recipe(_recipe(tmp_path, dataset=str(files["pairs"]), reference={}, loss={"name": "simpo"}))
 
