@@ -623,8 +623,9 @@ def iterate(recipe_path: str | Path, *, catalog, resume: bool = False, progress:
         if state.get("stopped") is not None and state["stopped"]["round"] < k:
             break
         rnd = ctx.rnd(k)
-        rnd.setdefault("policy", state["start"]["policy"] if k == 0 else
-                       ctx.rnd(k - 1)["phases"]["policy"]["next_policy"])
+        if "policy" not in rnd:
+            rnd["policy"] = state["start"]["policy"] if k == 0 else ctx.rnd(k - 1)["phases"]["policy"]["next_policy"]
+            ctx.save()
         for phase in PHASES:
             if phase in rnd["phases"] or (phase == "eval" and recipe.eval is None):
                 continue
