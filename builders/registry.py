@@ -36,7 +36,7 @@ STEPS: dict[str, StepSpec] = {
     "score": StepSpec("builders.score", "ScoreConfig", "build_score", ("responses",)),
     "ensemble": StepSpec("builders.ensemble", "EnsembleConfig", "build_ensemble", ("responses",)),
     "codedpo": StepSpec("builders.codedpo", "CodeDPOConfig", "build_codedpo", ("responses",)),
-    "split": StepSpec("builders.split", "SplitConfig", "build_split", ("responses", "pairs", "lists")),
+    "split": StepSpec("builders.split", "SplitConfig", "build_split", ("prompts", "responses", "pairs", "lists")),
 }
 
 

@@ -255,7 +255,7 @@ def _report(ranked: pl.DataFrame, strata: pl.DataFrame, cfg: SplitConfig, seed: 
 
 def apply_split(frame: pl.LazyFrame, cfg: SplitConfig, plan: SplitPlan, *, rows: int | None = None) -> Built:
     """The input with the plan's `split` column (every prompt of the input is in the plan). The output is
-    the input's kind (responses, pairs or lists), read from the contract columns as `filter` does."""
+    the input's kind (prompts, responses, pairs or lists), read from the contract columns as `filter` does."""
     schema = frame.collect_schema()
     base = frame.drop(SPLIT) if SPLIT in schema else frame
     out = base.join(plan.assignment.lazy(), on="prompt_id", how="left", maintain_order="left")
@@ -281,4 +281,5 @@ def _kind(schema: pl.Schema) -> str:
         return "pairs"
     if "responses" in schema and "ranks" in schema:
         return "lists"
-    return "responses"
+    # a prompts table (split before `generate`, so held-out prompts are never sampled for training)
+    return "responses" if "response" in schema else "prompts"

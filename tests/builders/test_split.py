@@ -213,6 +213,20 @@ def test_pairs_and_lists_keep_their_kind_and_an_old_split_is_replaced(ctx):
     assert built.kind == "lists" and sides(out)["test"] == {"p1", "p4"}
 
 
+def test_prompts_table_splits_before_generation(ctx, tmp_path):
+    """A split on prompts (before `generate`): the kind stays prompts and generate carries the column."""
+    prompts = pl.DataFrame({"prompt_id": P10, "prompt": [f"q{i}" for i in range(10)]})
+    built = build_split(prompts.lazy(), SplitConfig(test=2), ctx)
+    out = check(built, 10)
+    assert built.kind == "prompts" and out.columns == ["prompt_id", "prompt", "split"]
+    assert sides(out)["test"] == {"p1", "p4"}          # the same hash order as on responses
+    src = tmp_path / "p.jsonl"
+    src.write_text("".join(json.dumps({"prompt": f"q{i}"}) + "\n" for i in range(3)))
+    recipe = parse_recipe({"name": "x", "source": {"path": str(src), "format": "prompts"},
+                           "steps": [{"split": {"test": 1}}]})
+    assert recipe.kinds == ("prompts",)
+
+
 def _recipe(step: object) -> dict:
     return {"name": "x", "source": {"dataset": "d"}, "steps": [{"rank": {}}, {"pairs": {}}, {"split": step}]}
 
@@ -239,10 +253,10 @@ def test_recipe_parse_accepts_counts_and_fractions():
     steps = parse_recipe(_recipe({"test": 20.0, "stratify_by": "lang"}), file="r.yaml").steps
     assert steps[2].config == SplitConfig(test=20, stratify_by="lang") and isinstance(steps[2].config.test, int)
     assert parse_recipe(_recipe({"test": 0.1}), file="r.yaml").kinds == (None, "pairs", "pairs")
-    with pytest.raises(RecipeError, match=r"steps\[0\]\.split: step 'split' takes responses or pairs or lists, but "
-                                          "its input is prompts"):
+    with pytest.raises(RecipeError, match=r"steps\[1\]\.curriculum: step 'curriculum' takes pairs, but its input "
+                                          "is prompts"):    # a split on prompts keeps the prompts kind
         parse_recipe({"name": "x", "source": {"path": str(REPO / "pyproject.toml"), "format": "prompts"},
-                      "steps": [{"split": {"test": 1}}]}, file="r.yaml")
+                      "steps": [{"split": {"test": 1}}, {"curriculum": {}}]}, file="r.yaml")
 
 
 # ------------------------------------------------------------------------- builds (catalog, partitions, CLI)
