@@ -467,12 +467,35 @@ def round_metrics(ctx: Ctx, k: int) -> dict:
         m["mean_length"] = s["length"]["model"]["mean"]
         m["scorers"] = {n: v["model_mean"] for n, v in s["scorers"].items()}
         m["pass_rate"] = {n: s["scorers"][n]["model_mean"] for n in verifiers if n in s["scorers"]}
+        m.update(_verifier_intervals(ctx, ev["initial"]["ref"], verifiers))
     if "previous" in ev:
         s = ev["previous"]["summary"]
         m["win_rate_vs_previous"] = s["win_rate"]
         m["win_rate_vs_previous_ci"] = s["win_rate_ci"]
     m["eval"] = {a: v["ref"] for a, v in ev.items()}
     return m
+
+
+def _verifier_intervals(ctx: Ctx, eval_ref: str, verifiers: list[str]) -> dict:
+    """Per verifier scorer of the evaluation against the start policy: the pass rate's bootstrap interval, and the
+    gain over the start policy on the same prompts (mean of model − start per prompt) with its paired bootstrap
+    interval (prompts resampled, the eval's bootstrap settings)."""
+    from prefdata.eval_metrics import bootstrap_ci
+
+    if not verifiers:
+        return {}
+    boot = ctx.recipe.eval.config.get("bootstrap") or {}
+    n_boot, seed = int(boot.get("n", 2000)), int(boot.get("seed", 0))
+    table = ctx.cat.read(eval_ref)
+    rate_ci, gain = {}, {}
+    for name in verifiers:
+        if f"score_{name}" not in table.column_names:
+            continue
+        m = np.asarray(table.column(f"score_{name}").to_pylist(), dtype=np.float64)
+        b = np.asarray(table.column(f"baseline_score_{name}").to_pylist(), dtype=np.float64)
+        rate_ci[name] = list(bootstrap_ci(m, n_boot=n_boot, seed=seed))
+        gain[name] = {"gain": float(np.mean(m - b)), "ci": list(bootstrap_ci(m - b, n_boot=n_boot, seed=seed))}
+    return {"pass_rate_ci": rate_ci, "pass_rate_gain_vs_start": gain}
 
 
 def _verifier_scorers(ctx: Ctx) -> list[str]:

@@ -18,7 +18,7 @@ DATASETS = ("it-generations", "it-data", "it-eval", "it-eval-prompts")
 TRAIN_KEYS = ("step", "loss", "reward_accuracy", "margin", "grad_norm", "logps_chosen", "logps_rejected")
 ROUND_KEYS = ("round", "prompts", "samples", "pairs", "cross_model_share", "win_rate_vs_start",
               "win_rate_vs_start_ci", "win_rate_vs_previous", "win_rate_vs_previous_ci", "kl_to_start",
-              "mean_length", "pass_rate", "scorers", "train")
+              "mean_length", "pass_rate", "pass_rate_ci", "pass_rate_gain_vs_start", "scorers", "train")
 
 
 def _hashes(cat_dir: Path) -> dict[str, list[str]]:

@@ -78,6 +78,13 @@ def test_catalog_versions_lineage_chain_checkpoints_and_eval_tables(two_rounds):
     assert r0["pass_rate"]["short"] == evals[0]["eval"]["summary"]["scorers"]["short"]["model_mean"]
     assert saved["start"]["pass_rate"]["short"] == evals[0]["eval"]["summary"]["scorers"]["short"]["baseline_mean"]
     assert r0["kl_to_start"] == evals[0]["eval"]["summary"]["kl"]["mean"]
+    t1 = cat.read("it-eval", 2)                                  # round 1 against the start policy
+    diff = [a - b for a, b in zip(t1.column("score_short").to_pylist(), t1.column("baseline_score_short").to_pylist(),
+                                  strict=True)]
+    g = r1["pass_rate_gain_vs_start"]["short"]
+    assert g["gain"] == pytest.approx(sum(diff) / len(diff)) and g["ci"][0] <= g["gain"] <= g["ci"][1]
+    lo, hi = r1["pass_rate_ci"]["short"]
+    assert lo <= r1["pass_rate"]["short"] <= hi
     assert set(r0["seconds"]) == {"generate", "build", "train", "policy", "eval", "record"}
     assert r0["cross_model_share"] == 0.0                       # one generator: every pair is self-generated
     assert "win_rate_vs_previous" not in r0                     # round 0's previous policy is the start
