@@ -243,6 +243,14 @@ def _event_summary(record: Any) -> str:
     """One line for a run/checkpoint event (the full record is in `prefdata log --json`)."""
     if not isinstance(record, dict):
         return json.dumps(_jsonable(record), ensure_ascii=False)
+    if record.get("eval_dataset"):   # `prefdata eval` of a checkpoint trained on this dataset
+        ci = record.get("win_rate_ci") or [None, None]
+        parts = [f"{record['eval_dataset']}", f"checkpoint {record.get('checkpoint')}"]
+        parts += [f"step {record['step']}"] if record.get("step") is not None else []
+        parts += [f"win rate {record['win_rate']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"] if None not in ci else []
+        parts += [f"LC {record['lc_win_rate']:.3f}"] if record.get("lc_win_rate") is not None else []
+        parts += [f"KL {record['kl']:.4g}"] if record.get("kl") is not None else []
+        return " · ".join(parts)
     parts = [f"{k} {record[k]}" for k in ("round", "output_dir", "checkpoint", "parent", "step", "steps")
              if record.get(k) is not None]
     last = record.get("last") if isinstance(record.get("last"), dict) else {}
@@ -267,6 +275,14 @@ def _render_log_record(con, name: str, rec: dict) -> None:
                 "reference_model", "package_version", "iterate", "parent"):
         if rec.get(key) not in (None, "", [], {}):
             con.print(f"    {key:<16} {json.dumps(_jsonable(rec[key]), ensure_ascii=False)}")
+    ev = rec.get("eval") if isinstance(rec.get("eval"), dict) else None
+    if ev and isinstance(ev.get("summary"), dict):   # an eval version: what was compared, and the outcome
+        s, ckpt = ev["summary"], ev.get("checkpoint") or {}
+        lo, hi = s.get("win_rate_ci") or (float("nan"), float("nan"))
+        kl = (s.get("kl") or {}).get("mean")
+        con.print(f"    {'eval':<16} {ckpt.get('path')} vs {(ev.get('baseline') or {}).get('path')} on "
+                  f"{ev.get('prompts')} · win rate {s.get('win_rate', float('nan')):.3f} [{lo:.3f}, {hi:.3f}] · "
+                  f"LC {s.get('lc_win_rate', float('nan')):.3f}" + (f" · KL {kl:.4g}" if kl is not None else ""))
     for step in rec.get("steps") or []:
         drops = ", ".join(f"{n} {r}" for r, n in (step.get("drops") or {}).items())
         con.print(f"    step {step.get('step', '?'):<12} in {step.get('rows_in')} · kept {step.get('rows_kept')}"
@@ -410,6 +426,32 @@ def train(
         result = train_from_recipe(recipe, catalog_path=path if path.exists() else None, resume=resume)
     if as_json:
         _print_json(result)
+
+
+@app.command("eval")
+@user_errors
+def eval_(
+    recipe: Annotated[Path, typer.Argument(help="Eval recipe YAML (model, baseline, prompts, generate, scorers).")],
+    name: Annotated[str | None, typer.Option("--name", "-n", help="Eval dataset name (overrides the recipe's).")] = None,
+    catalog: CatalogOpt = None,
+    as_json: JsonOpt = False,
+):
+    """Evaluate a checkpoint against a baseline: win rate with its interval, length-controlled win rate, KL,
+    per-scorer means, held-out preference metrics; the per-prompt table becomes a catalog version."""
+    from prefdata.evaluate import result_dict, run_eval, summary_table
+
+    cat = _open_catalog(catalog, must_exist=False)
+    err = _console(stderr=True)
+    res = run_eval(recipe, cat, name=name, progress=not as_json,
+                   warn=lambda msg: err.print(f"[yellow]warning:[/] {msg}"))
+    if as_json:
+        _print_json(result_dict(res))
+        return
+    con = _console()
+    con.print(summary_table(res))
+    dropped = " · ".join(f"{n} {r}" for r, n in res.rows_dropped.items())
+    con.print(f"wrote [bold]{res.ref}[/] ({res.rows} prompts" + (f"; dropped {dropped}" if dropped else "") + ")"
+              + (f"; logged on {res.checkpoint.get('dataset')}" if res.event else ""))
 
 
 @app.command()

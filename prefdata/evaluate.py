@@ -268,8 +268,8 @@ def score_prompts(both: pl.DataFrame, n: int, recipe: EvalRecipe, ctx) -> Scores
             info[sc.name] = {"kind": sc.kind, **res.info}
         ok = np.isfinite(model[sc.name]) & np.isfinite(baseline[sc.name])
         if not ok.any():
-            why = pl.concat(reasons[-2:] if sc.kind != "pairwise_judge" else reasons[-1:]).drop_nulls()
-            reason = why.mode().sort()[0] if why.len() else "no finite score"
+            why = pl.Series(res.reasons, dtype=pl.String).drop_nulls()
+            reason = why.mode().sort()[0] if why.len() else "no prompt scored on both sides"
             raise PrefdataError(f"scorer {sc.name!r} could not score any row ({reason})")
         info[sc.name]["prompts_scored"] = int(ok.sum())
     return Scores(model, baseline, reasons, extra, info)
@@ -403,7 +403,10 @@ def eval_table(prompts: pl.DataFrame, gen: dict[str, pl.DataFrame], scores: Scor
                                                                  df[f"baseline_score_{d}"].to_numpy(),
                                                                  tie_eps=recipe.tie_eps), dtype=pl.String),
                          pl.col("logratio").fill_nan(None))
-    return df.to_arrow()
+    table = df.to_arrow()
+    # the contract's plain `string` (polars writes large_string)
+    return table.cast(pa.schema([f.with_type(pa.string()) if pa.types.is_large_string(f.type) else f
+                                 for f in table.schema]))
 
 
 def _drops(reasons: list[pl.Series], n: int) -> tuple[np.ndarray, dict[str, int]]:

@@ -1,7 +1,8 @@
 """Load a causal LM from whatever path a user has: one function for the trainer and for `prefdata eval`.
 
 A path may name
-- a Hugging Face model folder (config.json + weights) or, when no such folder exists, a hub id in the local cache;
+- a Hugging Face model folder (config.json + weights) or, when no such folder exists, a hub id whose files are in
+  the local hub cache (nothing is downloaded);
 - a GGUF file (`gguf_file=`, or a path ending `.gguf`; `package:<dist>/<file>` finds one inside an installed
   package): transformers de-quantizes it, but the model it returns refuses `save_pretrained`, so the weights are
   moved into a plain model built from the same config — that one trains, checkpoints and saves like any other;
@@ -103,14 +104,27 @@ def _run_of(p: Path) -> tuple[Path | None, Path | None]:
     return None, None
 
 
+def in_hub_cache(name: str) -> bool:
+    """`name` is a hub id whose config is in the local hub cache (nothing is downloaded: the project runs offline)."""
+    if not HUB_ID.match(name) or name.startswith(PACKAGE_PREFIX):
+        return False
+    from huggingface_hub import try_to_load_from_cache
+    return isinstance(try_to_load_from_cache(name, "config.json"), str)
+
+
+def _missing(path: str, where: Path) -> str:
+    also = " and in the local hub cache" if HUB_ID.match(path) and not path.startswith(PACKAGE_PREFIX) else ""
+    return f"looked at {where}{also}"
+
+
 def _base_source(base: str | None, gguf_file: str | None, *, what: str, base_dir: Path | None) -> ModelSource:
     """The model an adapter / a checkpoint's weights apply to; an error naming where it looked when missing."""
     if not base:
         raise PrefdataError(f"{what}: no base model recorded (the run's recipe `model`, or the adapter's "
                             "base_model_name_or_path)")
     where = candidate_path(base, base_dir)
-    if not where.exists() and not (HUB_ID.match(base) and not base.startswith(PACKAGE_PREFIX)):
-        raise PrefdataError(f"{what}: its base model {base!r} is missing (looked at {where})")
+    if not where.exists() and not in_hub_cache(base):
+        raise PrefdataError(f"{what}: its base model {base!r} is missing ({_missing(base, where)})")
     return locate_model(base, gguf_file=gguf_file, base_dir=base_dir)
 
 
@@ -119,9 +133,9 @@ def locate_model(path: str, *, gguf_file: str | None = None, base_dir: Path | No
     an adapter or checkpoint whose base model is missing, or a folder that holds no model."""
     p = candidate_path(str(path), base_dir)
     if not p.exists():
-        if HUB_ID.match(str(path)) and not str(path).startswith(PACKAGE_PREFIX) and gguf_file is None:
+        if gguf_file is None and in_hub_cache(str(path)):
             return ModelSource(str(path), "hf", "hub", str(path), info=_info(str(path), "hf"))
-        raise PrefdataError(f"model path {str(path)!r} does not exist (looked at {p})")
+        raise PrefdataError(f"model path {str(path)!r} does not exist ({_missing(str(path), p)})")
     if gguf_file is not None or p.suffix == ".gguf":
         folder, name = (p, gguf_file) if gguf_file is not None else (p.parent, p.name)
         if not (folder / name).is_file():
