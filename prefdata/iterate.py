@@ -567,7 +567,8 @@ def phase_record(ctx: Ctx, k: int) -> dict:
         lin = _lineage(ctx, k, "record", config=config, inputs=inputs, parent=_parent(ctx, k), rows_in=len(rows),
                        rows_kept=len(rows), drops={}, checkpoint={"round": k, "path": m["checkpoint"],
                                                                  "train_run": ctx.rnd(k)["phases"]["train"]["run_dir"]},
-                       metrics={kk: vv for kk, vv in m.items() if kk != "seconds"})
+                       metrics={kk: vv for kk, vv in m.items() if kk != "seconds"}, start=summary["start"],
+                       seconds={str(x["round"]): x["seconds"] for x in done}, stopped=decision)
         version = ctx.cat.write(name, pa.Table.from_pylist(rows), message=f"iterate {ctx.recipe.name}: round {k} "
                                 f"(parent {m['policy']})", lineage=lin)
     # the checkpoint as an event on the data it was trained on (`prefdata log <name>-data` shows the chain)

@@ -442,6 +442,9 @@ def write_report(cat, ref: str, out_dir: Path | str) -> Path:
     out_dir = Path(out_dir)
     _check_out_dir(out_dir)
     name, version, table, lineage = resolve_version(cat, ref)
+    from prefdata.iterate_report import is_rounds_table, write_rounds_report
+    if is_rounds_table(lineage):      # `prefdata iterate`'s rounds table: per-round curves (its own page)
+        return write_rounds_report(name, version, table, lineage, out_dir)
     if is_eval_table(table, lineage):
         kind = "eval"
         st = eval_stats(table, lineage)

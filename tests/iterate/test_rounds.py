@@ -130,3 +130,22 @@ def test_previous_round_reference_is_the_previous_checkpoint(two_rounds):
     start = _direct_logps(Path(s["start"]["policy"]), prompts, chosen)
     assert stored == pytest.approx(prev, abs=1e-4)
     assert max(abs(a - b) for a, b in zip(stored, start, strict=True)) > 1e-2     # not the start model's
+
+
+def test_report_draws_the_per_round_metrics(two_rounds, tmp_path):
+    from catalog import Catalog
+    from prefdata.report import write_report
+
+    index = write_report(Catalog.open(two_rounds.catalog), "it-rounds", tmp_path / "rep")
+    page = index.read_text()
+    for title in ("held-out win rate (95% bootstrap interval)", "held-out verifier pass rate", "KL(policy ‖ start)",
+                  "training pairs kept per round", "mean held-out response length", "Wall time per phase"):
+        assert title in page
+    rep = json.loads((tmp_path / "rep" / "report.json").read_text())
+    saved = json.loads((two_rounds.dir / "out" / "rounds.json").read_text())
+    assert rep["kind"] == "iterate_rounds"
+    assert [r["win_rate_vs_start"] for r in rep["rounds"]] == [r["win_rate_vs_start"] for r in saved["rounds"]]
+    assert [r["pass_rate"] for r in rep["rounds"]] == [r["pass_rate"] for r in saved["rounds"]]
+    assert rep["start"]["pass_rate"] == saved["start"]["pass_rate"]
+    assert set(rep["seconds"]) == {"0", "1"} and set(rep["seconds"]["0"]) == {"generate", "build", "train", "policy",
+                                                                              "eval", "record"}
