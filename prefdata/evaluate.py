@@ -6,8 +6,9 @@
    starting model (its recipe's `model`). Prompts that the model trained on are counted and warned about.
 2. Generate one response per prompt with the model and with the baseline through the `generate` step (same
    settings, same per-prompt seeds, so a model evaluated against itself ties everywhere; resumable shards under
-   `<catalog>/_work/eval/<name>/`). A LoRA adapter or trainer checkpoint is first merged into a plain model
-   folder there, which the generate backends load like any model.
+   `<catalog>/_work/eval/<name>/`). A LoRA adapter or trainer checkpoint (merged), a GGUF file (de-quantized once)
+   or a hub model is first written there as a plain model folder, which the generate backends and the log-prob
+   passes load like any model.
 3. Score both responses with the score step's scorers (rules, reward_model, judge, code_tests, clip) and/or the
    pairwise judge (both orders). A prompt whose response a scorer cannot score is dropped and counted by reason;
    a scorer that scores no prompt is an error. `winner_by` decides each prompt's winner (ties within tie_eps).
@@ -64,6 +65,7 @@ class Side:
     role: str
     source: Any                    # training.models.ModelSource
     tokenizer: Any = None
+    folder: Path | None = None     # the plain model folder generation and log-probs load (plain_folder)
 
 
 def _recipe_error(file: str, path: str, e: Exception) -> RecipeError:
@@ -183,24 +185,29 @@ def check_tokenizers(recipe: EvalRecipe, model: Side, baseline: Side, *, file: s
                           + ("; set kl: false" if recipe.kl else ""), path=path, file=file)
 
 
-def _folder_key(src) -> str:
-    """Identity of a checkpoint's files (path, sizes, mtimes): a merged copy is rebuilt when they change."""
-    loc = Path(src.location).resolve()
-    files = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in loc.iterdir() if p.is_file())
-    return hashlib.sha256(json.dumps([str(loc), files, src.path]).encode()).hexdigest()[:16]
+def _source_key(src) -> str:
+    """Identity of the files a source loads from (path, sizes, mtimes): a plain copy is rebuilt when they change."""
+    loc = Path(src.location)
+    if src.load == "gguf":
+        files = [loc / src.gguf_file]
+    elif src.load in ("adapter", "state"):
+        files = sorted(p for p in loc.iterdir() if p.is_file())
+    else:
+        files = []
+    stats = [(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+    base = _source_key(src.base) if src.base is not None else None
+    return hashlib.sha256(json.dumps([src.path, str(loc), stats, base]).encode()).hexdigest()[:16]
 
 
-def generation_path(side: Side, work: Path, recipe: EvalRecipe) -> tuple[str, str | None]:
-    """(path, gguf_file) the generate backends load: the folder or GGUF as is, or a merged copy of a LoRA adapter
-    / trainer checkpoint / hub model written once under `work` (renamed into place when complete)."""
+def plain_folder(side: Side, work: Path, recipe: EvalRecipe) -> Path:
+    """A model folder that `from_pretrained` loads as is, for generation and log-probs: the model's own folder, or a
+    plain copy written once under `work` (renamed into place when complete) of a GGUF (de-quantized once instead
+    of at every load), a LoRA adapter or trainer checkpoint (merged), or a hub model."""
     src = side.source
     if src.load == "pretrained":
-        return str(Path(src.location).resolve()), None
-    if src.load == "gguf":
-        return str(Path(src.location).resolve()), src.gguf_file
+        return Path(src.location).resolve()
     from training.models import load_source
-    key = _folder_key(src) if src.load in ("adapter", "state") else hashlib.sha256(src.path.encode()).hexdigest()[:16]
-    out = work / "models" / f"{side.role}-{key}"
+    out = work / "models" / f"{side.role}-{_source_key(src)}"
     if not out.is_dir():
         lm, tok = load_source(src, trust_remote_code=recipe.trust_remote_code)
         tmp = out.with_name(out.name + ".tmp")
@@ -209,15 +216,22 @@ def generation_path(side: Side, work: Path, recipe: EvalRecipe) -> tuple[str, st
         tok.save_pretrained(tmp)
         tmp.replace(out)
         del lm
-    return str(out), None
+    return out
+
+
+def load_plain(side: Side, recipe: EvalRecipe):
+    """(model, tokenizer) from the side's plain folder."""
+    from training.models import ModelSource, load_source
+    folder = side.folder
+    return load_source(ModelSource(str(folder), "hf", "pretrained", folder), trust_remote_code=recipe.trust_remote_code)
 
 
 def generate_side(side: Side, prompts: Prompts, recipe: EvalRecipe, work: Path, ctx) -> tuple[pl.DataFrame, dict]:
     from builders.backends import ModelSpec
     from builders.generate import GenerateConfig, build_generate
     g: GenerateSpec = recipe.generate
-    path, gguf = generation_path(side, work, recipe)
-    spec = ModelSpec(name=SAMPLER, backend=g.backend, path=path, gguf_file=gguf, dtype=g.dtype, device=g.device,
+    side.folder = plain_folder(side, work, recipe)
+    spec = ModelSpec(name=SAMPLER, backend=g.backend, path=str(side.folder), dtype=g.dtype, device=g.device,
                      batch_size=g.batch_size, chat_template=g.chat_template, system_prompt=g.system_prompt,
                      trust_remote_code=recipe.trust_remote_code, max_model_len=g.max_model_len,
                      gpu_memory_utilization=g.gpu_memory_utilization)
@@ -500,16 +514,15 @@ def run_eval(recipe_path: str | Path, cat, *, name: str | None = None, progress:
     logratio = None
     kl_info: dict = {"computed": recipe.kl}
     device = _device()
-    from training.models import load_source
     lm = tok = None
     if recipe.kl or pref is not None:
-        lm, tok = load_source(model.source, trust_remote_code=recipe.trust_remote_code)
+        lm, tok = load_plain(model, recipe)
     if recipe.kl:
         kept = frame.filter(pl.Series(keep))
         rows, chat = _kl_rows(kept, tok, recipe.generate)
         resp = gen["model"]["response"].filter(pl.Series(keep)).to_list()
         pol = response_logps(lm, tok, rows, resp, chat, device=device)
-        ref_lm, _ = load_source(baseline.source, trust_remote_code=recipe.trust_remote_code)
+        ref_lm, _ = load_plain(baseline, recipe)
         ref = response_logps(ref_lm, tok, rows, resp, chat, device=device)
         logratio = np.full(n, np.nan)
         logratio[keep] = pol - ref
@@ -523,7 +536,7 @@ def run_eval(recipe_path: str | Path, cat, *, name: str | None = None, progress:
         from training.evaluation import preference_metrics
         p = recipe.preference
         if ref_lm is None:
-            ref_lm, _ = load_source(baseline.source, trust_remote_code=recipe.trust_remote_code)
+            ref_lm, _ = load_plain(baseline, recipe)
         from training.budget import resolve_token_budget
         from training.logps import attn_implementation
         from training.packing import resolve_layout

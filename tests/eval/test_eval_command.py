@@ -179,7 +179,7 @@ def test_eval_end_to_end(trained):
 
 def test_eval_overlap_warns_and_partial_scorer_drops(trained, monkeypatch):
     """Prompts from the training split: a warning with the count (not an error). A code_tests scorer with tests
-    on some prompts only: the others are dropped and counted by reason."""
+    on some prompts only: the others are dropped and counted by reason. The model is a step checkpoint."""
     from catalog import Catalog
     root = trained
     monkeypatch.chdir(root)
@@ -187,7 +187,9 @@ def test_eval_overlap_warns_and_partial_scorer_drops(trained, monkeypatch):
     train_rows = cat.read("tiny-pairs", 1).slice(0, 3)
     tests = pa.array([None, ["assert True"], None], pa.list_(pa.string()))
     cat.write("tiny-prompts", train_rows.append_column("tests", tests), message="prompts with tests")
-    rec = eval_recipe(root, "eval-overlap", prompts={"dataset": "tiny-prompts"}, kl=False,
+    # a trainer checkpoint (accelerate state, no config.json): merged into a plain folder for generation
+    rec = eval_recipe(root, "eval-overlap", model="run/checkpoints/step-000002", prompts={"dataset": "tiny-prompts"},
+                      kl=False,
                       scorers=[{"kind": "code_tests", "name": "tests"}], winner_by="tests",
                       generate={"sampling": {"temperature": 0.0, "max_new_tokens": 4}})
     res = cli_inproc("eval", str(rec), "--catalog", "cat", "--json")
@@ -196,6 +198,7 @@ def test_eval_overlap_warns_and_partial_scorer_drops(trained, monkeypatch):
     assert out["warnings"] == [f"3 of 3 eval prompts are in the model's training data ({out['checkpoint']['dataset']}, "
                                "train rows): those win rates are not held-out"]
     assert "warning: 3 of 3 eval prompts" in " ".join(res.stderr.split())
+    assert out["checkpoint"]["kind"] == "run" and out["checkpoint"]["step"] == 2 and out["baseline"]["path"] == "base"
     assert out["rows"] == 1 and out["rows_dropped"] == {"code_tests tests: row has no tests (model response)": 2}
     lin = Catalog.open(root / "cat").lineage("eval-overlap")
     assert lin["rows_in"] == 3 and lin["rows_kept"] == 1 and lin["eval"]["overlap"]["prompts_in_training"] == 3
