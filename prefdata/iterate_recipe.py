@@ -136,7 +136,9 @@ class IterateRecipe:
     raw: dict                         # the YAML as read (canonical form hashed into every round's lineage)
 
     def config_sha256(self) -> str:
-        doc = {k: v for k, v in self.raw.items() if k != "description"}
+        """The recipe's identity for resume and lineage: everything but the description and the number of rounds
+        (a finished run continues for more rounds with --resume and a larger `rounds`)."""
+        doc = {k: v for k, v in self.raw.items() if k not in ("description", "rounds")}
         text = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
         return hashlib.sha256(text.encode()).hexdigest()
 

@@ -119,3 +119,24 @@ def test_a_round_without_pairs_stops_with_one_line(tmp_path, tiny_policy):
     assert "np-data" not in cat.names() and len(cat.versions("np-generations")) == 1
     state = json.loads((tmp_path / "out" / "iterate_state.json").read_text())
     assert state["failed"]["round"] == 0 and "build" not in state["rounds"][0]["phases"]
+
+
+def test_a_finished_run_continues_for_more_rounds_with_resume(tmp_path, tiny_policy):
+    from catalog import Catalog
+
+    path = recipe(tmp_path, tiny_policy, name="more", rounds=1, with_eval=False)
+    first = _run(path, tmp_path / "cat")
+    assert [r["round"] for r in first["rounds"]] == [0]
+    _edit(path, lambda d: d.update(rounds=2))
+    more = _run(path, tmp_path / "cat", resume=True)
+    assert [r["round"] for r in more["rounds"]] == [0, 1]
+    same = lambda r: {k: v for k, v in r.items() if k != "seconds"}     # noqa: E731
+    assert same(more["rounds"][0]) == same(first["rounds"][0])           # round 0 was not redone
+    assert more["rounds"][1]["policy"] == first["rounds"][0]["checkpoint"]
+    cat = Catalog.open(tmp_path / "cat")
+    assert len(cat.versions("more-generations")) == 2
+    _edit(path, lambda d: d["train"]["train"].update(lr=1e-4))             # anything else changed: refused
+    with pytest.raises(Exception, match="the recipe changed since the run started"):
+        _run(path, tmp_path / "cat", resume=True)
+    with pytest.raises(Exception, match="holds an iterate run: resume it"):
+        _run(path, tmp_path / "cat")
