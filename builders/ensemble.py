@@ -12,7 +12,10 @@ The `scores` struct is left intact (the per-objective vector MODPO-style trainin
 Agreement report (in the step info, which the build stores in lineage, and printed): for each scorer pair,
 over every pair of responses to the same prompt — pairwise agreement (share of pairs both scorers order
 the same way, ties in either excluded), Kendall τ-b per prompt (mean, median), and the share of response
-pairs on which any two scorers disagree ("More is Less": low agreement means noisy preference labels)."""
+pairs on which any two scorers disagree ("More is Less": low agreement means noisy preference labels).
+τ-b is in [-1, 1] and equals scipy.stats.kendalltau(variant="b") per prompt; a prompt on which either
+scorer is constant has no τ (scipy gives NaN) and is left out of the τ mean / median and of
+`prompts_with_tau` (its pairs still count in pairwise agreement and the disagreement share)."""
 from __future__ import annotations
 
 import itertools
@@ -79,9 +82,11 @@ def agreement_report(df: pl.DataFrame, names: list[str]) -> dict:
     for a, b in itertools.combinations(names, 2):
         prod = pl.col(a) * pl.col(b)
         any_disagree = any_disagree | (prod < 0)
+        # boolean sums and len() are unsigned (u32): cast to Int64 so conc − disc can go negative
         per = pairs.group_by("prompt_id").agg(
             conc=(prod > 0).sum(), disc=(prod < 0).sum(), n0=pl.len(),
-            tie_a=(pl.col(a) == 0).sum(), tie_b=(pl.col(b) == 0).sum())
+            tie_a=(pl.col(a) == 0).sum(), tie_b=(pl.col(b) == 0).sum()
+        ).with_columns(pl.col("conc", "disc", "n0", "tie_a", "tie_b").cast(pl.Int64))
         c, d = int(per["conc"].sum()), int(per["disc"].sum())
         tau = per.select(((pl.col("conc") - pl.col("disc")) /
                           ((pl.col("n0") - pl.col("tie_a")) * (pl.col("n0") - pl.col("tie_b"))).sqrt()).alias("t")
