@@ -253,7 +253,7 @@ class EvalHook:
                 raise FloatingPointError(f"{k} is {v} at step {step}")
         warning = displacement_warning(row)
         if warning and console is not None:
-            console.print(f"[yellow]warning:[/yellow] {warning}")
+            console.print(f"[yellow]warning:[/yellow] {warning}", soft_wrap=True, highlight=False)
         return row
 
 

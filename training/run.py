@@ -186,7 +186,7 @@ def train_from_recipe(recipe_path: str | Path, *, catalog_path: str | Path | Non
     with state.main_process_first():
         lm, tok, ds, ref_status, options, eval_ds = _prepare(recipe, spec, ds, out_dir, eval_ds)
     if state.is_main_process and "note" in ref_status:   # said once, on stderr (stdout may be --json)
-        Console(stderr=True).print(f"reference: {ref_status['note']}")
+        Console(stderr=True, soft_wrap=True).print(f"reference: {ref_status['note']}", highlight=False)
 
     required = required_columns(spec, recipe, ds.kind, options)
     # a split table trains on its `train` rows only; the reference pass above covered every row, so the held-out

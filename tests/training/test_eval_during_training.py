@@ -278,3 +278,29 @@ def test_cli_bad_eval_input_is_one_line_exit_2(tmp_path, data, arena_lists, eval
     assert r.returncode == 2, r.stderr[-2000:]
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and f"{where}:" in lines[0] and str(recipe) in lines[0]
+
+
+def test_ddp_two_processes_evaluate_on_the_main_process(tmp_path, tiny_model_dir, data):
+    """torchrun, 2 gloo processes: the main process evaluates alone (no hang at the next gradient sync); its eval
+    rows equal a one-process run's, and the training rows too (the DDP test's tolerances)."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    common = {"model": tiny_model_dir, "dataset": data["plain"], "eval": {"dataset": str(data["heldout"]), "every": 1},
+              "train": {"max_steps": 2}}
+    one = train_from_recipe(write_recipe(tmp_path, "one.yaml", **common))
+    recipe = write_recipe(tmp_path, "ddp.yaml", **common)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
+                        "127.0.0.1", "--master_port", str(port), "-m", "prefdata.cli", "train", str(recipe), "--json"],
+                       env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    a, b = rows(one["output_dir"]), rows(tmp_path / "ddp")
+    assert [x["step"] for x in b] == [x["step"] for x in a] == [0, 1, 1, 2, 2]
+    assert b[0]["eval/loss"] == LN2_F32 and b[0]["eval/chosen_logp_shift"] == 0.0
+    for x, y in zip(a, b, strict=True):
+        for k in ("loss", "eval/loss", "eval/margin", "eval/chosen_logp", "eval/rejected_logp_shift"):
+            if k in x:
+                assert y[k] == pytest.approx(x[k], rel=1e-5, abs=1e-6), k
+    assert json.loads((tmp_path / "ddp" / "run.json").read_text())["eval"]["step"] == 2
