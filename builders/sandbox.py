@@ -10,8 +10,8 @@ Containment, in layers, because each layer alone has a hole:
   world-writable places such as /tmp and /dev/shm cannot be written either;
 - rlimits: CPU seconds (SIGXCPU), address space (MemoryError), file size (SIGXFSZ, also caps output),
   open files, no core dumps;
-- for Python code, an audit hook logs attempts (connect, fork/exec, writes outside the dir) so each
-  case is *reported*, not only contained.
+- for Python code, an audit hook logs attempts (writes outside the dir through every audited path,
+  connect/sendto, bind, listen, process creation) so each case is *reported*, not only contained.
 Not covered: reading world-readable files on the host; CPU time of a bomb's short-lived children
 beyond the wall limit. The namespace approach needs Linux with `unshare` (util-linux)."""
 from __future__ import annotations
@@ -48,27 +48,84 @@ fi
 '''
 
 # Prepended to Python code: records attempts through an audit hook (cannot be removed by the code).
-_AUDIT = r'''
+# One line per attempt:
+#   write_attempt <audit event> <path>   a write outside the sandbox dir through any audited path: open()
+#       or os.open() with write flags, mkdir, rename/replace, remove/unlink, rmdir, link, symlink, truncate,
+#       chmod, chown, utime, shutil copies/moves/rmtree/chown/archives (shutil's own opens are logged too);
+#   network_attempt <address>             connect (sendto / sendmsg: network_attempt <event> <address>);
+#   bind_attempt socket.bind <address>, listen_attempt socket.listen <address>;
+#   spawn_attempt <audit event>           fork, forkpty, exec, posix_spawn, system, subprocess.Popen.
+# CPython raises no audit event for listen(), so at the first socket created the hook wraps
+# socket.socket.listen to raise one (a listen through `_socket` directly is still contained by the network
+# namespace, only not reported). Likewise os.open's "open" event does not carry dir_fd, so a relative
+# name under another directory's fd is judged against the cwd (contained by the read-only mounts, not
+# reported); every other write event carries its dir_fd. The hook must not raise audited events itself
+# (it would re-enter), so it only uses os.write, os.readlink and os.path.
+_AUDIT = r"""
 import sys as _s, os as _o
-def _prefdata_audit(ev, args, _fd=int(_o.environ.get("PREFDATA_AUDIT_FD", "-1")), _wr=_o.write, _root=_o.getcwd(),
-                    _dec=_o.fsdecode, _abs=_o.path.abspath):
-    _w = lambda _f, b: _wr(_fd, b) if _fd >= 0 else None
+def _prefdata_audit(ev, args, _fd=int(_o.environ.get("PREFDATA_AUDIT_FD", "-1")), _wr=_o.write,
+                    _root=_o.path.realpath(_o.getcwd()), _dec=_o.fsdecode, _path=_o.path, _rl=_o.readlink,
+                    _wflags=_o.O_WRONLY | _o.O_RDWR | _o.O_CREAT | _o.O_TRUNC | _o.O_APPEND,
+                    _harmless=("/dev/null", "/dev/stdout", "/dev/stderr"),
+                    # audit event -> (position of a path it writes, position of that path's dir_fd or None)
+                    _writes={"os.mkdir": ((0, 2),), "os.rename": ((0, 2), (1, 3)), "os.remove": ((0, 1),),
+                             "os.rmdir": ((0, 1),), "os.link": ((1, 3),), "os.symlink": ((1, 2),),
+                             "os.truncate": ((0, None),), "os.chmod": ((0, 2),), "os.chown": ((0, 3),),
+                             "os.utime": ((0, 3),), "shutil.copyfile": ((1, None),),
+                             "shutil.copymode": ((1, None),), "shutil.copystat": ((1, None),),
+                             "shutil.copytree": ((1, None),), "shutil.move": ((0, None), (1, None)),
+                             "shutil.rmtree": ((0, 1),), "shutil.chown": ((0, None),),
+                             "shutil.make_archive": ((0, None),), "shutil.unpack_archive": ((1, None),)},
+                    _spawns=("os.fork", "os.forkpty", "os.posix_spawn", "os.posix_spawnp", "subprocess.Popen",
+                             "os.system", "os.exec"),
+                    _sends=("socket.sendto", "socket.sendmsg"), _mods=_s.modules, _sysaudit=_s.audit):
+    _w = lambda s: _wr(_fd, s.encode("utf-8", "backslashreplace")) if _fd >= 0 else None
+    def _outside(p, dir_fd):
+        # the absolute path when `p` lies outside the sandbox dir (symlinks resolved), else None
+        if not isinstance(p, (str, bytes)):
+            return None          # an fd: opened (and logged) before
+        p = _dec(p)
+        if not _path.isabs(p) and isinstance(dir_fd, int) and dir_fd >= 0:
+            p = _path.join(_rl("/proc/self/fd/%d" % dir_fd), p)
+        a = _path.abspath(p)
+        if a in _harmless:       # subprocess.DEVNULL opens /dev/null read-write
+            return None
+        r = _path.realpath(a)
+        return None if r == _root or r.startswith(_root + "/") else a
     try:
-        if ev == "socket.connect":
-            _w(3, ("network_attempt %r\n" % (args[1],)).encode())
-        elif ev in ("os.fork", "os.forkpty", "os.posix_spawn", "subprocess.Popen", "os.system", "os.exec"):
-            _w(3, ("spawn_attempt %s\n" % ev).encode())
-        elif ev == "open" and len(args) > 1 and isinstance(args[1], str) and any(c in args[1] for c in "wax+"):
-            p = args[0]
-            if isinstance(p, (str, bytes)):
-                p = _dec(p)
-                if not _abs(p).startswith(_root):
-                    _w(3, ("write_attempt %s\n" % p).encode())
+        if ev == "open":
+            if len(args) > 2 and isinstance(args[2], int) and args[2] & _wflags:
+                p = _outside(args[0], None)
+                if p is not None:
+                    _w("write_attempt %s %s\n" % ("os.open" if args[1] is None else "open", p))
+        elif ev in _writes:
+            for i, d in _writes[ev]:
+                p = _outside(args[i], args[d] if d is not None and len(args) > d else None) if len(args) > i else None
+                if p is not None:
+                    _w("write_attempt %s %s\n" % (ev, p))
+        elif ev == "socket.connect":
+            _w("network_attempt %r\n" % (args[1],))
+        elif ev in _sends:
+            _w("network_attempt %s %r\n" % (ev, args[1]))
+        elif ev == "socket.bind":
+            _w("bind_attempt socket.bind %r\n" % (args[1],))
+        elif ev == "socket.listen":
+            _w("listen_attempt socket.listen %r\n" % (args[0].getsockname(),))
+        elif ev == "socket.__new__":
+            _c = getattr(_mods.get("socket"), "socket", None)
+            if isinstance(_c, type) and not getattr(_c.listen, "_prefdata", False):
+                def listen(self, *a, _orig=_c.listen, _audit=_sysaudit):
+                    _audit("socket.listen", self, *a)
+                    return _orig(self, *a)
+                listen._prefdata = True
+                _c.listen = listen
+        elif ev in _spawns:
+            _w("spawn_attempt %s\n" % ev)
     except Exception:
         pass
 _s.addaudithook(_prefdata_audit)
 del _s, _o, _prefdata_audit
-'''
+"""
 
 _SIGNALS = {9: "SIGKILL", 24: "SIGXCPU", 25: "SIGXFSZ", 11: "SIGSEGV", 6: "SIGABRT"}
 
@@ -139,6 +196,11 @@ def _classify(rc: int | None, timed_out: bool, stderr: str, attempts: list[str],
         events.append("network_denied")
     if "Read-only file system" in stderr or any(a.startswith("write_attempt") for a in attempts):
         events.append("write_denied")
+    # bind / listen succeed inside the empty network namespace (nothing outside can reach them): contained
+    if any(a.startswith("bind_attempt") for a in attempts):
+        events.append("network_bind")
+    if any(a.startswith("listen_attempt") for a in attempts):
+        events.append("network_listen")
     if spawns and "fork_limit" not in events:
         events.append("spawned_process")
     if "File too large" in stderr or "Errno 27" in stderr:
