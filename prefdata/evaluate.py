@@ -127,6 +127,25 @@ def load_prompts(spec: PromptsSpec, cat, *, file: str) -> Prompts:
     return Prompts(df, label, ref, info)
 
 
+def _id_columns(dataset: str, cat) -> pa.Table:
+    """prompt_id (else prompt) and split of a catalog dataset or a file, reading only those columns."""
+    from training.data import is_file_ref, read_file
+
+    def wanted(names) -> list[str]:
+        return [c for c in ("prompt_id" if "prompt_id" in names else "prompt", "split") if c in names]
+
+    if is_file_ref(dataset):
+        p = Path(dataset)
+        if p.suffix == ".parquet" and p.exists():
+            import pyarrow.parquet as pq
+            return pq.read_table(p, columns=wanted(pq.read_schema(p).names))
+        table = read_file(dataset)
+        return table.select(wanted(table.column_names))
+    from catalog import parse_ref
+    name, version = parse_ref(dataset)      # InvalidName / DatasetNotFound are PrefdataErrors: reported, not raised
+    return cat.read(name, version, columns=wanted(cat.dataset(name, version).schema.names))
+
+
 def training_overlap(prompts: Prompts, dataset: str | None, cat) -> dict | None:
     """How many eval prompts the model trained on: prompt_ids of the training dataset's `train` rows (all rows
     when it has no split column). None when the model records no training dataset; a dataset that cannot be
@@ -134,11 +153,10 @@ def training_overlap(prompts: Prompts, dataset: str | None, cat) -> dict | None:
     if not dataset:
         return None
     try:
-        from training.data import open_dataset
-        table = open_dataset(dataset, cat.root).table
+        table = _id_columns(dataset, cat)
     except PrefdataError as e:
         return {"training_dataset": dataset, "checked": False, "reason": str(e).splitlines()[0]}
-    df = pl.from_arrow(table.select([c for c in ("prompt_id", "prompt", "split") if c in table.column_names]))
+    df = pl.from_arrow(table)
     if "split" in df.columns:
         df = df.filter(pl.col("split") == "train")
     if "prompt_id" not in df.columns and "prompt" not in df.columns:
@@ -459,37 +477,92 @@ def _device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _side_info(side: Side) -> dict:
-    return dict(side.source.info)
+@dataclass
+class Plan:
+    """What an eval will do, checked without model weights (phase 1)."""
+    recipe: EvalRecipe
+    file: str
+    prompts: Prompts
+    model: Side
+    baseline: Side
+    preference: tuple[pa.Table, str] | None     # (held-out rows, their name@version or file)
+    overlap: dict | None
 
 
-def run_eval(recipe_path: str | Path, cat, *, name: str | None = None, progress: bool = True,
-             warn=None) -> EvalResult:
-    """Run an eval recipe against catalog `cat`; `warn(message)` is called for each warning (also returned)."""
+def plan_eval(recipe_path: str | Path, cat, *, name: str | None = None) -> Plan:
+    """Parse and check everything that needs no model weights: recipe, prompts, model and baseline paths (an
+    adapter's base included), held-out pairs' columns, tokenizers; count the prompts the model trained on."""
     file = str(recipe_path)
     recipe = load_eval_recipe(recipe_path, name=name)
-    warnings: list[str] = []
-
-    def note(msg: str) -> None:
-        warnings.append(msg)
-        if warn is not None:
-            warn(msg)
-
-    # 1. everything that needs no model weights
     prompts = load_prompts(recipe.prompts, cat, file=file)
     model, baseline = locate_sides(recipe, file=file)
     pref = preference_table(recipe.preference, cat, file=file) if recipe.preference is not None else None
     check_tokenizers(recipe, model, baseline, file=file)
     overlap = training_overlap(prompts, model.source.info.get("dataset"), cat)
-    if overlap and overlap.get("prompts_in_training"):
-        note(f"{overlap['prompts_in_training']} of {overlap['prompts']} eval prompts are in the model's training "
-             f"data ({overlap['training_dataset']}, {overlap['rows']} rows): those win rates are not held-out")
-    elif overlap and not overlap.get("checked"):
-        note(f"could not check the eval prompts against the training data: {overlap['reason']}")
+    return Plan(recipe, file, prompts, model, baseline, pref, overlap)
 
-    # 2. generation, resumable under the catalog's work dir
+
+def overlap_warning(overlap: dict | None) -> str | None:
+    if overlap and overlap.get("prompts_in_training"):
+        return (f"{overlap['prompts_in_training']} of {overlap['prompts']} eval prompts are in the model's training "
+                f"data ({overlap['training_dataset']}, {overlap['rows']} rows): those win rates are not held-out")
+    if overlap and not overlap.get("checked"):
+        return f"could not check the eval prompts against the training data: {overlap['reason']}"
+    return None
+
+
+def log_probs(plan: Plan, frame: pl.DataFrame, responses: pl.Series, keep: np.ndarray
+              ) -> tuple[np.ndarray | None, dict, dict | None]:
+    """(logratio per prompt or None, KL info, held-out preference metrics or None): phases 4 and 5, the model and
+    then the baseline loaded from their plain folders, both kept for the preference metrics."""
+    recipe, device = plan.recipe, _device()
+    kl_info: dict = {"computed": recipe.kl}
+    if not recipe.kl and plan.preference is None:
+        return None, kl_info, None
+    lm, tok = load_plain(plan.model, recipe)
+    ref_lm, _ = load_plain(plan.baseline, recipe)
+    logratio = None
+    if recipe.kl:
+        rows, chat = _kl_rows(frame.filter(pl.Series(keep)), tok, recipe.generate)
+        resp = responses.filter(pl.Series(keep)).to_list()
+        pol = response_logps(lm, tok, rows, resp, chat, device=device)
+        ref = response_logps(ref_lm, tok, rows, resp, chat, device=device)
+        logratio = np.full(frame.height, np.nan)
+        logratio[keep] = pol - ref
+        kl_info.update(chat_template=bool(chat and chat[0]), responses_without_logratio=int(np.isnan(pol).sum()))
+    pref_metrics = None
+    if plan.preference is not None:
+        from training.budget import resolve_token_budget
+        from training.evaluation import preference_metrics
+        from training.logps import attn_implementation
+        from training.packing import resolve_layout
+        p, (table, ref_name) = recipe.preference, plan.preference
+        lm.to(device)
+        budget = resolve_token_budget(None, lm, device, grad_checkpointing=True, mixed_precision=device == "cuda")
+        layout = resolve_layout("auto", device=device, kind=table_kind_of(table), attn_impl=attn_implementation(lm))
+        pref_metrics = {"dataset": ref_name, "split": p.split, "loss": p.loss, "beta": p.beta,
+                        "reference": plan.baseline.source.path,
+                        **preference_metrics(lm, tok, table, loss=p.loss, loss_params={"beta": p.beta},
+                                             max_length=p.max_length, batch_size=p.batch_size, device=device,
+                                             reference_lm=ref_lm.to(device), token_budget=budget, layout=layout)}
+    return logratio, kl_info, pref_metrics
+
+
+def run_eval(recipe_path: str | Path, cat, *, name: str | None = None, progress: bool = True,
+             warn=None) -> EvalResult:
+    """Run an eval recipe against catalog `cat` (the phases of the module doc); `warn(message)` is called for each
+    warning (they are also returned)."""
     from builders.base import StepContext
-    work = work_dir(cat, recipe.name)
+    from prefdata.eval_metrics import summarize
+
+    plan = plan_eval(recipe_path, cat, name=name)                                     # 1
+    recipe, prompts, model, baseline = plan.recipe, plan.prompts, plan.model, plan.baseline
+    warnings = [w for w in (overlap_warning(plan.overlap),) if w]
+    for w in warnings:
+        if warn is not None:
+            warn(w)
+
+    work = work_dir(cat, recipe.name)                                                 # 2
     ctx = StepContext(base_dir=Path.cwd(), work_dir=work / "generate", catalog=cat, seed=recipe.generate.seed,
                       progress=progress)
     gen, gen_info = {}, {}
@@ -499,82 +572,40 @@ def run_eval(recipe_path: str | Path, cat, *, name: str | None = None, progress:
     order = gen["model"].select("prompt_id")
     gen["baseline"] = order.join(gen["baseline"], on="prompt_id", how="left", maintain_order="left")
     frame = order.join(prompts.frame, on="prompt_id", how="left", maintain_order="left")
-    n = frame.height
-    if n == 0:
+    if frame.height == 0:
         raise PrefdataError(f"no prompt to evaluate in {prompts.label} ({gen_info['model']['drops']})")
 
-    # 3. scores, winners
     both = pl.concat([frame.with_columns(gen[s]["response"]) for s in SIDES], how="vertical_relaxed")
-    scores = score_prompts(both, n, recipe, ctx)
-    keep, drops = _drops(scores.reasons, n)
+    scores = score_prompts(both, frame.height, recipe, ctx)                           # 3
+    keep, drops = _drops(scores.reasons, frame.height)
     if not keep.any():
         raise PrefdataError(f"no prompt was scored by every scorer on both sides ({drops})")
 
-    # 4. KL: the model's responses under the model and under the baseline, as training scores them
-    logratio = None
-    kl_info: dict = {"computed": recipe.kl}
-    device = _device()
-    lm = tok = None
-    if recipe.kl or pref is not None:
-        lm, tok = load_plain(model, recipe)
-    if recipe.kl:
-        kept = frame.filter(pl.Series(keep))
-        rows, chat = _kl_rows(kept, tok, recipe.generate)
-        resp = gen["model"]["response"].filter(pl.Series(keep)).to_list()
-        pol = response_logps(lm, tok, rows, resp, chat, device=device)
-        ref_lm, _ = load_plain(baseline, recipe)
-        ref = response_logps(ref_lm, tok, rows, resp, chat, device=device)
-        logratio = np.full(n, np.nan)
-        logratio[keep] = pol - ref
-        kl_info.update(chat_template=bool(chat and chat[0]), responses_without_logratio=int(np.isnan(pol).sum()))
-    else:
-        ref_lm = None
+    logratio, kl_info, pref_metrics = log_probs(plan, frame, gen["model"]["response"], keep)   # 4, 5
 
-    # 5. held-out pairs: the trainer's preference metrics, baseline = reference
-    pref_metrics = None
-    if pref is not None:
-        from training.evaluation import preference_metrics
-        p = recipe.preference
-        if ref_lm is None:
-            ref_lm, _ = load_plain(baseline, recipe)
-        from training.budget import resolve_token_budget
-        from training.logps import attn_implementation
-        from training.packing import resolve_layout
-        lm.to(device)
-        budget = resolve_token_budget(None, lm, device, grad_checkpointing=True, mixed_precision=device == "cuda")
-        layout = resolve_layout("auto", device=device, kind=table_kind_of(pref[0]), attn_impl=attn_implementation(lm))
-        pref_metrics = {"dataset": pref[1], "split": p.split, "loss": p.loss, "beta": p.beta,
-                        "reference": baseline.source.path,
-                        **preference_metrics(lm, tok, pref[0], loss=p.loss, loss_params={"beta": p.beta},
-                                             max_length=p.max_length, batch_size=p.batch_size, device=device,
-                                             reference_lm=ref_lm.to(device), token_budget=budget, layout=layout)}
-    del lm, ref_lm
-
-    # 6. the table, its summary, one catalog version, one event on the training dataset
-    from prefdata.eval_metrics import summarize
-    table = eval_table(frame, gen, scores, logratio, recipe, keep)
+    table = eval_table(frame, gen, scores, logratio, recipe, keep)                    # 6
     summary = summarize(table, scorers=[s.name for s in recipe.scorers], n_boot=recipe.bootstrap.n,
                         seed=recipe.bootstrap.seed, winner_by=recipe.decider)
     summary["preference"] = pref_metrics
-    gen_drops = gen_info["model"]["drops"]
-    rows_in = n + sum(gen_drops.values())
-    checkpoint = _side_info(model)
-    eval_record = {"checkpoint": checkpoint, "baseline": _side_info(baseline), "prompts": prompts.label,
-                   "prompt_selection": prompts.info, "scorers": [s.name for s in recipe.scorers],
-                   "winner_by": recipe.decider, "tie_eps": recipe.tie_eps,
-                   "generate": recipe.generate.model_dump(mode="json"), "generation": gen_info,
-                   "scorer_info": scores.info, "kl": kl_info, "overlap": overlap, "summary": summary}
-    lineage = {"builder": "eval", "kind": "eval", "recipe": file, "config": recipe.canonical(),
-               "inputs": [r for r in (prompts.ref or prompts.label, pref[1] if pref else None) if r],
-               "rows_in": rows_in, "rows_kept": table.num_rows, "rows_dropped": {**gen_drops, **drops},
-               "eval": _finite(eval_record)}
+    dropped = {**gen_info["model"]["drops"], **drops}
+    checkpoint, base_info = dict(model.source.info), dict(baseline.source.info)
+    record = {"checkpoint": checkpoint, "baseline": base_info, "prompts": prompts.label,
+              "prompt_selection": prompts.info, "scorers": [s.name for s in recipe.scorers],
+              "winner_by": recipe.decider, "tie_eps": recipe.tie_eps,
+              "generate": recipe.generate.model_dump(mode="json"), "generation": gen_info,
+              "scorer_info": scores.info, "kl": kl_info, "overlap": plan.overlap, "summary": summary}
+    lineage = {"builder": "eval", "kind": "eval", "recipe": plan.file, "config": recipe.canonical(),
+               "inputs": [r for r in (prompts.ref or prompts.label,
+                                      plan.preference[1] if plan.preference else None) if r],
+               "rows_in": frame.height + sum(gen_info["model"]["drops"].values()), "rows_kept": table.num_rows,
+               "rows_dropped": dropped, "eval": _finite(record)}
     version = cat.write(recipe.name, table, message=f"eval of {recipe.model} vs {baseline.source.path} on "
                         f"{prompts.label}", lineage=lineage)
     ref = f"{recipe.name}@{version}"
     event = _log_event(cat, checkpoint, ref, summary)
     shutil.rmtree(work, ignore_errors=True)
-    return EvalResult(recipe.name, version, ref, summary, table.num_rows, {**gen_drops, **drops}, warnings,
-                      checkpoint, _side_info(baseline), prompts.label, event)
+    return EvalResult(recipe.name, version, ref, summary, table.num_rows, dropped, warnings, checkpoint, base_info,
+                      prompts.label, event)
 
 
 def _finite(obj):
