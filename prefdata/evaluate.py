@@ -332,8 +332,9 @@ def _kl_rows(prompts: pl.DataFrame, tok, g: GenerateSpec) -> tuple[list, list[bo
 
 def response_logps(lm, tok, prompts: list, responses: list[str], chat: list[bool], *, device,
                    max_length: int = 1 << 30) -> np.ndarray:
-    """Summed log-probs of each response given its prompt (training's tokenization, masking and forward);
-    NaN where training's encoding drops the row."""
+    """Summed log-probs of each response given its prompt (training's tokenization, masking and forward), in the
+    model's own precision (fp32 here: no bf16 autocast, whose rounding would swamp small log-ratios); NaN where
+    training's encoding drops the row."""
     import torch
 
     from training.budget import resolve_token_budget
@@ -347,10 +348,9 @@ def response_logps(lm, tok, prompts: list, responses: list[str], chat: list[bool
     if not enc.groups:
         return out
     lm.to(device).eval()
-    budget = resolve_token_budget(None, lm, device, grad_checkpointing=True,
-                                  mixed_precision=torch.device(device).type == "cuda")
+    budget = resolve_token_budget(None, lm, device, grad_checkpointing=True, mixed_precision=False)
     layout = resolve_layout("auto", device=device, kind="pairs", attn_impl=attn_implementation(lm))
-    with torch.no_grad(), torch.autocast("cuda", torch.bfloat16, enabled=torch.device(device).type == "cuda"):
+    with torch.no_grad():
         res = group_logps(SequenceLogps(lm), enc.groups, pad_id=tok.pad_token_id, device=device,
                           token_budget=budget, layout=layout)
     out[[g.row for g in enc.groups]] = res.sums.double().cpu().numpy()

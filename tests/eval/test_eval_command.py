@@ -88,7 +88,9 @@ def trained(tmp_path_factory):
 def eval_recipe(root: Path, name: str, **over) -> Path:
     base = {"name": name, "model": "run/final",
             "prompts": {"dataset": "tiny-pairs", "split": "test"},
-            "generate": {"sampling": {"temperature": 1.0, "max_new_tokens": 10}, "seed": 3, "batch_size": 4},
+            # on the CPU everywhere: the sampled texts (and so the expected winners) do not depend on the machine
+            "generate": {"sampling": {"temperature": 1.0, "max_new_tokens": 10}, "seed": 3, "batch_size": 4,
+                         "device": "cpu", "dtype": "float32"},
             "scorers": [{"kind": "rules", "name": "short", "rule": "length", "unit": "chars", "max": 18},
                         {"kind": "rules", "name": "has_the", "rule": "regex", "pattern": "(?i)\\bthe\\b"}],
             "winner_by": "short", "kl": True, "bootstrap": {"n": 500, "seed": 1}}
@@ -155,7 +157,7 @@ def test_eval_end_to_end(trained):
     ref = AutoModelForCausalLM.from_pretrained(root / "base", dtype=torch.float32).eval()
     r0 = rows[0]
     hand = direct_logp(pol, tok, r0["prompt"], r0["response"]) - direct_logp(ref, tok, r0["prompt"], r0["response"])
-    assert abs(hand) > 1e-3 and r0["logratio"] == pytest.approx(hand, abs=2e-5)
+    assert abs(hand) > 1e-3 and r0["logratio"] == pytest.approx(hand, abs=1e-4)
     lr = np.array([r["logratio"] for r in rows])
     assert s["kl"]["n"] == N_TEST and s["kl"]["mean"] == pytest.approx(lr.mean(), abs=1e-12)
     assert s["kl"]["se"] == pytest.approx(lr.std(ddof=1) / math.sqrt(N_TEST), abs=1e-12)
