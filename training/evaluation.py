@@ -13,7 +13,7 @@ log-prob shifts. Metrics (every key starts with `eval/`):
 - pairs: loss, reward_accuracy (implicit reward of chosen > rejected, the LossOut rewards the training metrics
   use: beta * (logp - ref_logp) for DPO), margin (mean reward difference), chosen_logp / rejected_logp (mean
   summed policy log-probs), chosen_logp_shift / rejected_logp_shift (mean policy minus reference log-prob) and
-  likelihood_displacement (both shifts below zero: the policy lowers the chosen responses' likelihood too);
+  likelihood_displacement (both shifts below -0.01 nats: the policy lowers the chosen responses' likelihood too);
 - lists: loss, top1_accuracy (the response with the highest implicit reward beta * (logp - ref_logp) is a
   top-labelled one; reward ties share the credit, label ties all count), kendall_tau (mean over prompts of
   Kendall's tau-b between implicit rewards and labels; prompts where it is undefined, e.g. all rewards tied,
@@ -43,6 +43,10 @@ from training.recipe import SUPPORTED_KINDS, online_reference
 from training.unpaired import unpaired_batch
 
 PREFIX = "eval/"
+# likelihood displacement = both mean shifts below -DISPLACEMENT_TOL nats: under bf16 the policy's and the stored
+# reference pass's log-probs of the same model differ by forward noise (step 0 on an H200: |shift| <= 3e-4 for a
+# 0.5B model over 62 pairs of <= 512 tokens), which must not raise the warning; real displacement is nats
+DISPLACEMENT_TOL = 0.01
 
 
 @dataclass
@@ -105,7 +109,7 @@ def pair_metrics(s: dict, has_reference: bool) -> dict:
     if has_reference:
         m["chosen_logp_shift"] = s["chosen_shift"] / n
         m["rejected_logp_shift"] = s["rejected_shift"] / n
-        m["likelihood_displacement"] = m["chosen_logp_shift"] < 0 and m["rejected_logp_shift"] < 0
+        m["likelihood_displacement"] = max(m["chosen_logp_shift"], m["rejected_logp_shift"]) < -DISPLACEMENT_TOL
     return m | {"rows": int(n)}
 
 
