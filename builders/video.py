@@ -46,11 +46,14 @@ def _temporal_index(idx: np.ndarray, clip: np.ndarray) -> np.ndarray:
 
 
 def aug_shuffle(clip: np.ndarray, s: float, rng: np.random.Generator) -> np.ndarray:
-    """Permute round(s·T) randomly chosen frames among their own positions (a derangement of them)."""
+    """Permute round(s·T) randomly chosen frames among their own positions (a derangement of them). The
+    draws do not depend on s: one random priority per position picks the first k positions (a stronger
+    shuffle moves a superset of frames) and one random key per position orders the cycle."""
     t = clip.shape[0]
     k = min(t, max(2, round(s * t)))
-    pos = np.sort(rng.choice(t, size=k, replace=False))
-    order = rng.permutation(k)
+    priority, key = rng.permutation(t), rng.random(t)
+    pos = np.sort(priority[:k])
+    order = np.argsort(key[pos], kind="stable")
     idx = np.arange(t)
     # one k-cycle through the chosen positions: every chosen frame moves (a derangement)
     idx[pos[order]] = pos[np.roll(order, -1)]
@@ -58,10 +61,11 @@ def aug_shuffle(clip: np.ndarray, s: float, rng: np.random.Generator) -> np.ndar
 
 
 def aug_reverse(clip: np.ndarray, s: float, rng: np.random.Generator) -> np.ndarray:
-    """Reverse a contiguous sub-clip of round(s·T) frames (s = 1: the whole clip)."""
+    """Reverse a contiguous sub-clip of round(s·T) frames (s = 1: the whole clip), placed at a relative
+    position u drawn independently of s (so a stronger reversal's window contains a weaker one's)."""
     t = clip.shape[0]
     k = min(t, max(2, round(s * t)))
-    start = int(rng.integers(t - k + 1))
+    start = round(rng.random() * (t - k))
     idx = np.arange(t)
     idx[start:start + k] = idx[start:start + k][::-1]
     return _temporal_index(idx, clip)
@@ -69,10 +73,11 @@ def aug_reverse(clip: np.ndarray, s: float, rng: np.random.Generator) -> np.ndar
 
 def aug_drop(clip: np.ndarray, s: float, rng: np.random.Generator) -> np.ndarray:
     """Cut a contiguous sub-clip of round(s·T/2) frames and stretch the rest back to T frames (length kept,
-    so chosen and rejected stay the same size for batching)."""
+    so chosen and rejected stay the same size for batching). The cut's relative position is drawn
+    independently of s."""
     t = clip.shape[0]
     k = min(t - 1, max(1, round(s * t / 2)))
-    start = int(rng.integers(t - k + 1))
+    start = round(rng.random() * (t - k))
     keep = np.concatenate([np.arange(start), np.arange(start + k, t)])
     idx = keep[np.floor(np.linspace(0, len(keep) - 1e-9, t)).astype(int)]
     return _temporal_index(idx, clip)
@@ -108,12 +113,14 @@ def _import_cv2():
 
 def aug_crop(clip: np.ndarray, s: float, rng: np.random.Generator) -> np.ndarray:
     """Random crop keeping (1 − 0.75s) of the area (same window every frame), resized back to H×W (bilinear,
-    half-pixel centres)."""
+    half-pixel centres). The window's relative position (u_y, u_x) is drawn independently of s, so a
+    stronger crop's window lies inside a weaker one's."""
     cv2 = _import_cv2()
     _, h, w, _ = clip.shape
     side = math.sqrt(1.0 - 0.75 * s)
     ch, cw = max(2, round(h * side)), max(2, round(w * side))
-    y0, x0 = int(rng.integers(h - ch + 1)), int(rng.integers(w - cw + 1))
+    uy, ux = rng.random(2)
+    y0, x0 = round(uy * (h - ch)), round(ux * (w - cw))
     out = np.empty_like(clip)
     for i, f in enumerate(clip):
         cv2.resize(f[y0:y0 + ch, x0:x0 + cw], (w, h), dst=out[i], interpolation=cv2.INTER_LINEAR)
@@ -292,19 +299,40 @@ def build_video_augment(frame: pl.LazyFrame, cfg: VideoAugmentConfig, ctx: StepC
         data, ext = encode_video(frames, fps, codec=cfg.codec, crf=cfg.crf)
         chosen_uri = store.put_bytes(data, ext)
         rng = _rng(seed, videos[i], str(i))
-        out = []
+        dist: dict[tuple[str, int], float] = {}      # (augmentation, stage) -> distance to the chosen clip
+
+        def augmented(name: str, stage: int) -> np.ndarray:
+            # one generator per clip and augmentation, restarted at every strength: the same random
+            # directions (crop window, jitter signs, noise, shuffled frames) scaled by the strength
+            aug = augment(frames, name, cfg.strengths[stage], _rng(seed, videos[i], str(i), name))
+            dist[name, stage] = clip_distance(frames, aug)
+            return aug
+
+        out: list[dict] = []
         for stage, s in enumerate(cfg.strengths):
             picks = rng.choice(len(cfg.augmentations), size=cfg.candidates_per_stage, replace=False)
             for a in sorted(picks.tolist()):
                 name = cfg.augmentations[a]
-                aug = augment(frames, name, s, _rng(seed, videos[i], str(i), name, repr(s)))
+                aug = augmented(name, stage)
+                # close → far is checked, not assumed: how far a temporal or crop augmentation lands depends
+                # on the content (a clip that comes back to an earlier frame, a zoom into a flat region).
+                # A rejected clip no farther than the chosen clip or than a weaker strength of the same
+                # augmentation is skipped and reported, so the kept stages strictly rise in distance.
+                for j in range(stage):
+                    if (name, j) not in dist:       # a weaker strength not drawn for this clip: its distance only
+                        augmented(name, j)
+                weaker = max([0.0, *(dist[name, j] for j in range(stage))])
+                if dist[name, stage] <= weaker:
+                    out.append({"row": i, "skipped": True, "augmentation": name, "strength": s,
+                                "aug_distance": dist[name, stage], "weaker_max": weaker})
+                    continue
                 data, ext = encode_video(aug, fps, codec=cfg.codec, crf=cfg.crf)
                 out.append({"row": i, "video_chosen": chosen_uri, "video_rejected": store.put_bytes(data, ext),
                             "augmentation": name, "strength": s, "stage": stage,
-                            "aug_distance": clip_distance(frames, aug), "frames": int(frames.shape[0])})
+                            "aug_distance": dist[name, stage], "frames": int(frames.shape[0])})
         return out
 
-    rows, bad, drops, kept = [], [], {}, 0
+    rows, bad, drops, kept, not_farther = [], [], {}, 0, []
     for res in _bounded_map(job, range(df.height), cfg.threads):
         if isinstance(res, MediaDrop):
             bad.append(res)
@@ -313,7 +341,9 @@ def build_video_augment(frame: pl.LazyFrame, cfg: VideoAugmentConfig, ctx: StepC
             drops[res] = drops.get(res, 0) + 1
         else:
             kept += 1
-            rows.extend(res)
+            rows.extend(r for r in res if not r.get("skipped"))
+            not_farther.extend({k: r[k] for k in ("row", "augmentation", "strength", "aug_distance", "weaker_max")}
+                               for r in res if r.get("skipped"))
     n = len(rows)
     col = lambda k: [r[k] for r in rows]  # noqa: E731
     prompt = [prompts[r["row"]] for r in rows]
@@ -339,10 +369,13 @@ def build_video_augment(frame: pl.LazyFrame, cfg: VideoAugmentConfig, ctx: StepC
     per_stage = {k: sum(r["stage"] == k for r in rows) for k in range(len(cfg.strengths))}
     summary = f"{n} augmented video pairs from {kept} clips · stages " + ", ".join(
         f"{k} (s={s:g}): {per_stage[k]}" for k, s in enumerate(cfg.strengths))
+    if not_farther:
+        summary += f" · {len(not_farther)} augmented clip(s) skipped: not farther than a weaker strength"
     if bad:
         summary += f" · {drop_summary(bad)}"
     return Built(pl.from_arrow(table).lazy(), "pairs", drops=drops, rows_in=df.height, rows_kept=kept,
                  info={"per_stage": per_stage, "strengths": list(cfg.strengths), "seed": seed,
+                       "not_farther": len(not_farther), "not_farther_examples": not_farther[:20],
                        "unreadable": [d.as_dict() for d in bad]}, summary=summary)
 
 

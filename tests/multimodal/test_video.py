@@ -149,7 +149,8 @@ def _float_reference(name, clip, s, rng):
         h, w = clip.shape[1:3]
         side = math.sqrt(1.0 - 0.75 * s)
         ch, cw = max(2, round(h * side)), max(2, round(w * side))
-        y0, x0 = int(rng.integers(h - ch + 1)), int(rng.integers(w - cw + 1))
+        uy, ux = rng.random(2)                             # window position drawn independently of s
+        y0, x0 = round(uy * (h - ch)), round(ux * (w - cw))
         y = F.interpolate(x[:, :, y0:y0 + ch, x0:x0 + cw], size=(h, w), mode="bilinear", align_corners=False)
     else:                                                  # color_jitter
         b, c, sat = (1.0 + 0.8 * s * (1 if rng.random() < 0.5 else -1) for _ in range(3))
