@@ -595,8 +595,8 @@ def run_eval(recipe_path: str | Path, cat, *, name: str | None = None, progress:
               "generate": recipe.generate.model_dump(mode="json"), "generation": gen_info,
               "scorer_info": scores.info, "kl": kl_info, "overlap": plan.overlap, "summary": summary}
     lineage = {"builder": "eval", "kind": "eval", "recipe": plan.file, "config": recipe.canonical(),
-               "inputs": [r for r in (prompts.ref or prompts.label,
-                                      plan.preference[1] if plan.preference else None) if r],
+               "inputs": list(dict.fromkeys(r for r in (prompts.ref or prompts.label,
+                                                        plan.preference[1] if plan.preference else None) if r)),
                "rows_in": frame.height + sum(gen_info["model"]["drops"].values()), "rows_kept": table.num_rows,
                "rows_dropped": dropped, "eval": _finite(record)}
     version = cat.write(recipe.name, table, message=f"eval of {recipe.model} vs {baseline.source.path} on "
@@ -676,9 +676,12 @@ def summary_table(res: EvalResult):
         t.add_row(f"score {name} (mean)", _fmt(v["model_mean"]), _fmt(v["baseline_mean"]))
     pref = s.get("preference")
     if pref:
+        t.add_row("held-out pairs (baseline = reference)",
+                  f"{pref['dataset']}" + (f" {pref['split']}" if pref.get("split") else ""),
+                  f"{pref['loss']}, beta {pref['beta']}")
         for k, v in pref.items():
             if k.startswith("eval/") and isinstance(v, (int, float)) and not isinstance(v, bool):
-                t.add_row(f"held-out {k.removeprefix('eval/')} ({pref['dataset']})", _fmt(v, ".4g"), "")
+                t.add_row(f"  {k.removeprefix('eval/')}", _fmt(v, ".4g"), "")
     return t
 
 
