@@ -1,7 +1,8 @@
 """Export one catalog version to files other tools read: parquet, jsonl, or an HF `datasets` directory.
 
 Each export writes `<stem>.lineage.json` (hf: `prefdata_lineage.json` inside the directory) with the
-version's lineage, so a file that leaves the catalog still says where it came from. Files are written
+version's lineage, so a file that leaves the catalog still says where it came from — made portable first
+(an ingest source as its file name and sha256, any other absolute local path elided to `…/<name>`). Files are written
 under a temporary name and renamed, so an interrupted export never leaves a half file under the real name.
 Pairs tables export unchanged: `prompt`, `chosen`, `rejected` are plain string columns, which is TRL's
 DPOTrainer format; extra columns are carried.
@@ -172,7 +173,10 @@ def export(cat: Catalog, ref: str, to: str, out_dir: Path, *, shard_rows: int | 
         if splits is not None:
             extra["splits"] = splits
         lineage_path = out_dir / "prefdata_lineage.json"
-    rec = cat.lineage(name, ds.version)
+    from catalog.portable import portable_lineage
+
+    # the lineage file travels with the data: no absolute local paths in it (catalog/portable.py)
+    rec = portable_lineage(cat.lineage(name, ds.version) or {})
     tmp = lineage_path.with_name(f".{lineage_path.name}.tmp")
     tmp.write_text(json.dumps(rec, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     os.replace(tmp, lineage_path)

@@ -126,13 +126,17 @@ def write_shards(table: pa.Table, folder: Path, prefix: str, split: str,
 # ----------------------------------------------------------------------------- the dataset card
 
 def _lineage_chain(cat, lineage: dict, depth: int = 8) -> list[dict]:
-    """Parent versions, nearest first: [{ref, builder, config_sha256, rows_in, rows_kept}]. Missing parents
-    (deleted datasets, foreign catalogs) are listed as such rather than skipped."""
+    """Parent versions, nearest first: [{ref, builder, config_sha256, content_hash, rows_in, rows_kept, source,
+    source_sha256}]. Missing parents (deleted datasets, foreign catalogs) are listed as such rather than
+    skipped. Fit to leave the machine (catalog.portable): an ingest's source is the file name as the recipe
+    that read it wrote it (relative to the recipe) with its sha256, never the absolute path it was read from."""
     from catalog import parse_ref
+    from catalog.portable import portable_lineage
 
-    chain, seen, frontier = [], set(), list(lineage.get("inputs") or [])
+    chain, seen = [], set()
+    frontier = [(ref, lineage) for ref in lineage.get("inputs") or []]   # (parent ref, the lineage naming it)
     while frontier and len(chain) < 50:
-        ref = frontier.pop(0)
+        ref, child = frontier.pop(0)
         if ref in seen:
             continue
         seen.add(ref)
@@ -142,11 +146,13 @@ def _lineage_chain(cat, lineage: dict, depth: int = 8) -> list[dict]:
         except PrefdataError as e:
             chain.append({"ref": ref, "missing": str(e)})
             continue
-        chain.append({"ref": ref, "builder": lin.get("builder") or lin.get("recipe"),
-                      "config_sha256": lin.get("config_sha256"), "rows_in": lin.get("rows_in"),
-                      "rows_kept": lin.get("rows_kept"), "source": lin.get("source")})
+        out = portable_lineage(lin, child)
+        chain.append({"ref": ref, "builder": out.get("builder") or out.get("recipe"),
+                      "config_sha256": lin.get("config_sha256"), "content_hash": lin.get("content_hash"),
+                      "rows_in": lin.get("rows_in"), "rows_kept": lin.get("rows_kept"),
+                      "source": out.get("source"), "source_sha256": out.get("source_sha256")})
         if depth > 1:
-            frontier.extend(lin.get("inputs") or [])
+            frontier.extend((r, lin) for r in lin.get("inputs") or [])
     return chain
 
 
@@ -219,6 +225,9 @@ def dataset_card(*, name: str, version: int, table: pa.Table, kind: str, lineage
     from datasets.utils.metadata import MetadataConfigs
     from huggingface_hub import DatasetCard, DatasetCardData
 
+    from catalog.portable import portable_lineage, scrub
+
+    lineage = portable_lineage(lineage)   # a public card: no absolute local paths (recipe, source, messages)
     features = _hf_features(table.schema)
     split_dict = SplitDict({s: SplitInfo(s, num_bytes=t.nbytes, num_examples=len(t)) for s, t in splits.items()})
     info = DatasetInfo(features=features, splits=split_dict, download_size=sum(shard_bytes.values()),
@@ -245,6 +254,9 @@ def dataset_card(*, name: str, version: int, table: pa.Table, kind: str, lineage
              f"- catalog version: `{name}@{version}`, content hash `{lineage.get('content_hash', '?')}`",
              f"- recipe / builder: `{lineage.get('recipe') or lineage.get('builder') or '?'}`",
              f"- config sha256: `{lineage.get('config_sha256', '?')}`",
+             *([f"- source: `{lineage['source']}`" + (f", sha256 `{lineage['source_sha256']}`"
+                                                       if lineage.get("source_sha256") else "")]
+               if lineage.get("source") else []),
              f"- package: prefdata {lineage.get('package_version', '?')}, created {lineage.get('created_at', '?')}"]
     if lineage.get("message"):
         body.append(f"- message: {lineage['message']}")
@@ -253,14 +265,17 @@ def dataset_card(*, name: str, version: int, table: pa.Table, kind: str, lineage
         body += ["", "Config:", "", "```json", cfg if isinstance(cfg, str) else js(cfg), "```"]
     body += ["", "### Parent versions", ""]
     if chain:
-        body += ["| input | builder | config sha256 | rows in | rows kept | source |", "|---|---|---|---|---|---|"]
+        body += ["| input | builder | config sha256 | rows in | rows kept | source | source sha256 |",
+                 "|---|---|---|---|---|---|---|"]
         for c in chain:
             if "missing" in c:
-                body.append(f"| `{c['ref']}` | (not in this catalog: {c['missing']}) | | | | |")
+                body.append(f"| `{c['ref']}` | (not in this catalog: {scrub(c['missing'])}) | | | | | |")
             else:
                 body.append(f"| `{c['ref']}` | {c['builder'] or ''} | `{(c['config_sha256'] or '')[:12]}` | "
                             f"{c['rows_in'] if c['rows_in'] is not None else ''} | "
-                            f"{c['rows_kept'] if c['rows_kept'] is not None else ''} | {c['source'] or ''} |")
+                            f"{c['rows_kept'] if c['rows_kept'] is not None else ''} | "
+                            + (f"`{c['source']}`" if c.get("source") else "") + " | "
+                            + (f"`{c['source_sha256']}`" if c.get("source_sha256") else "") + " |")
     else:
         body.append("None recorded (a raw ingest or a direct write).")
     body += ["", "### Row accounting", ""]

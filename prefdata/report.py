@@ -442,9 +442,10 @@ def write_report(cat, ref: str, out_dir: Path | str) -> Path:
     out_dir = Path(out_dir)
     _check_out_dir(out_dir)
     name, version, table, lineage = resolve_version(cat, ref)
+    from catalog.portable import portable_lineage, scrub
     from prefdata.iterate_report import is_rounds_table, write_rounds_report
     if is_rounds_table(lineage):      # `prefdata iterate`'s rounds table: per-round curves (its own page)
-        return write_rounds_report(name, version, table, lineage, out_dir)
+        return write_rounds_report(name, version, table, portable_lineage(lineage), out_dir)
     if is_eval_table(table, lineage):
         kind = "eval"
         st = eval_stats(table, lineage)
@@ -457,6 +458,9 @@ def write_report(cat, ref: str, out_dir: Path | str) -> Path:
     runs = training_runs(cat, name, version) + (checkpoint_run(lineage) if kind == "eval" else [])
     evaluations = eval_events(cat, name, version)
     chain = _lineage_chain(cat, lineage)
+    # what the report shows may leave the machine: run dirs, checkpoint paths, recipe and source paths are
+    # elided (catalog/portable.py); the files were read above from their real paths
+    lineage, st, runs, evaluations = portable_lineage(lineage), scrub(st), scrub(runs), scrub(evaluations)
     out_dir.mkdir(parents=True, exist_ok=True)
     index = out_dir / "index.html"
     index.write_text(render_html(name, version, lineage, chain, st, runs, evaluations), encoding="utf-8")
