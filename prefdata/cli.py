@@ -218,6 +218,13 @@ def ls_(catalog: CatalogOpt = None, as_json: JsonOpt = False):
             return ", ".join(value)
         return str(value)
 
+    if not sys.stdout.isatty():
+        # a pipe or a file: one dataset per line, tab-separated, values whole (a table folds them at 80 columns)
+        keys = list(rows[0])
+        sys.stdout.write("\t".join(keys) + "\n" + "".join(
+            "\t".join(cell(k, r[k]).replace("\t", " ").replace("\r", " ").replace("\n", " ") for k in keys) + "\n"
+            for r in rows))
+        return
     _print_table(pa.Table.from_pylist([{k: cell(k, v) for k, v in r.items()} for r in rows]), max_width=40)
 
 
@@ -235,6 +242,8 @@ def log(
         _print_json(records)
         return
     con = _console()
+    # into a pipe or a file rich would wrap at 80 columns, splitting hashes and messages: print lines whole
+    con.soft_wrap = not sys.stdout.isatty()
     for rec in records:
         _render_log_record(con, name, rec)
 
