@@ -33,6 +33,10 @@ class ClipFrameSpec(StepConfig, frozen=True):
             raise ValueError("open_clip needs `arch` (or `arch_config`)")
         return self
 
+    def model_path_fields(self) -> dict[str, str]:
+        from builders.scorers.clip import clip_model_paths
+        return clip_model_paths(self.family)
+
 
 class ClipFrameScorer:
     """`scorer(frames [T,H,W,3] uint8, text) -> [T] float64` cosine similarities."""

@@ -72,6 +72,20 @@ class RecipeError(PrefdataError):
         self.path, self.file = path, file
 
 
+class RecipeProblems(RecipeError):
+    """Every problem found in one recipe, reported together: one line each, `YAML path: what is wrong`
+    (the CLI prints all the lines; a single problem reads like a plain RecipeError)."""
+
+    def __init__(self, problems: list[tuple[str | None, str]], *, file: str | None = None):
+        if len(problems) == 1:
+            (path, message), = problems
+            super().__init__(message, path=path, file=file)
+        else:
+            lines = "".join(f"\n  {p}: {m}" if p else f"\n  {m}" for p, m in problems)
+            super().__init__(f"{len(problems)} problems (nothing was read or run):{lines}", file=file)
+        self.problems = list(problems)
+
+
 class ReadOnlyQuery(PrefdataError):
     """`prefdata sql` only runs read-only statements."""
 

@@ -36,3 +36,42 @@ def resolve_model_path(path: str, base_dir: Path | None = None) -> Path:
     if not found.exists():
         raise PrefdataError(f"model path {path!r} does not exist (looked at {found})")
     return found
+
+
+def path_problem(path: str, base_dir: Path | None, expected: str) -> str | None:
+    """Why `path` cannot be used (None when it exists): where it looked and what a user must provide."""
+    try:
+        found = candidate_path(path, base_dir)
+    except PrefdataError as e:
+        return f"{e}; expected {expected}"
+    if found.exists():
+        return None
+    how = "" if path.startswith(PACKAGE_PREFIX) or Path(path).expanduser().is_absolute() else \
+        " (a relative path is relative to the recipe file's folder)"
+    return f"model path {path!r} does not exist (looked at {found}){how}; expected {expected} " \
+           f"(a local checkpoint you provide: nothing is downloaded)"
+
+
+def model_path_problems(config: object, where: str, base_dir: Path | None) -> list[tuple[str, str]]:
+    """(YAML path, problem) for every model path in a validated config and the configs nested in it, so a recipe
+    reports all its missing checkpoints when it is parsed, before any data is read or torch is imported.
+    A config names its model paths with a `model_path_fields() -> {field: what is expected}` method."""
+    from pydantic import BaseModel
+    if not isinstance(config, BaseModel):
+        return []
+    out: list[tuple[str, str]] = []
+    fields = config.model_path_fields() if hasattr(config, "model_path_fields") else {}
+    for name, expected in fields.items():
+        value = getattr(config, name)
+        if isinstance(value, str):
+            problem = path_problem(value, base_dir, expected)
+            if problem:
+                out.append((f"{where}.{name}", problem))
+    for name in type(config).model_fields:
+        value = getattr(config, name)
+        if isinstance(value, (list, tuple)):
+            for i, item in enumerate(value):
+                out += model_path_problems(item, f"{where}.{name}[{i}]", base_dir)
+        else:
+            out += model_path_problems(value, f"{where}.{name}", base_dir)
+    return out

@@ -45,6 +45,7 @@ from training.losses import LossSpec, RunningMean
 from training.packing import resolve_layout, split_by_tokens
 from training.plan import Step, stage_starts
 from training.recipe import TrainRecipe
+from training.refresh import refresh_reference
 from training.sr_adamw import make_adamw
 from training.step_stats import StepStats
 from training.unpaired import UnpairedMicro
@@ -246,25 +247,10 @@ class Trainer(StepLoop):
         split = split_by_tokens([self.s.data.groups[i] for i in idx], self.token_budget, self.layout)
         return [tuple(idx[i] for i in part) for part in split]
 
-    @torch.no_grad()
     def refresh_reference(self, stage: int) -> None:
-        """Curry-DPO: the reference for this stage is the current policy (its log-probs on this stage's rows)."""
-        s = self.s
-        rows = (s.data.stage == stage).nonzero().flatten().tolist()
-        self.model.eval()
-        for i in range(0, len(rows), s.recipe.reference.batch_size):
-            part = rows[i:i + s.recipe.reference.batch_size]
-            out = group_logps(self.model, [s.data.groups[j] for j in part], pad_id=s.tokenizer.pad_token_id,
-                              device=self.acc.device, token_budget=self.token_budget, layout=self.layout)
-            k = s.ref.seq.shape[1]
-            if s.data.kind == "pairs":
-                s.ref.seq[part] = out.sums.double().cpu().view(-1, 2)
-            else:
-                mask = s.data.columns["list_mask"][part]
-                vals = torch.zeros(len(part), k, dtype=torch.float64)
-                vals[mask] = out.sums.double().cpu()
-                s.ref.seq[part] = vals
-        self.model.train()
+        """Curry-DPO: the reference for this stage is the current policy, every field the loss reads (refresh.py)."""
+        refresh_reference(self.model, self.s, stage, device=self.acc.device, token_budget=self.token_budget,
+                          layout=self.layout)
 
     # -- StepLoop hooks -------------------------------------------------------------------------------
     def step_parts(self, idx):

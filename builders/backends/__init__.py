@@ -53,6 +53,13 @@ class ModelSpec(BaseModel):
     gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0)
     max_model_len: int | None = None
 
+    def model_path_fields(self) -> dict[str, str]:
+        """Model paths checked when the recipe is parsed (prefdata.model_paths.model_path_problems)."""
+        what = {"diffusers": "a diffusers pipeline folder (model_index.json and its parts)",
+                "vllm": "a model folder vLLM can load (config.json, tokenizer, safetensors)"}
+        return {"path": what.get(self.backend, "a transformers model folder (config.json, tokenizer files and "
+                                               "weights) or a .gguf file")}
+
 
 @dataclass(frozen=True)
 class GenRequest:

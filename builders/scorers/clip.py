@@ -36,6 +36,16 @@ class ClipScorer(StepConfig, frozen=True):
             raise ValueError("open_clip scorer needs `arch` (or `arch_config`)")
         return self
 
+    def model_path_fields(self) -> dict[str, str]:
+        return clip_model_paths(self.family)
+
+
+def clip_model_paths(family: str) -> dict[str, str]:
+    """What a CLIP scorer's `path` and `arch_config` must be (checked when the recipe is parsed)."""
+    if family == "hf":
+        return {"path": "a transformers CLIP-family model folder (CLIPModel and its processor)"}
+    return {"path": "an open_clip checkpoint file", "arch_config": "an open_clip architecture JSON file"}
+
 
 def _image_paths(df: pl.DataFrame, col: str) -> list[str | None]:
     s = df[col]

@@ -26,6 +26,9 @@ class RewardModelScorer(StepConfig, frozen=True):
     device: str = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
 
+    def model_path_fields(self) -> dict[str, str]:
+        return {"path": "a transformers sequence-classification model folder (config.json, tokenizer, weights)"}
+
 
 class RewardModel:
     def __init__(self, cfg: RewardModelScorer, ctx: StepContext):
