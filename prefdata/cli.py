@@ -66,7 +66,9 @@ def user_errors(fn):
         try:
             return fn(*args, **kwargs)
         except PrefdataError as e:
-            _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+            # a recipe's problems are reported all at once, one line each; other errors are one line
+            many = len(getattr(e, "problems", ())) > 1
+            _fail(str(e) if many else (str(e).splitlines()[0] if str(e) else type(e).__name__))
         except FileNotFoundError as e:
             _fail(f"no such file: {e.filename or e}")
         except KeyboardInterrupt:
@@ -182,8 +184,9 @@ def build(
     """Build a dataset from a recipe into the catalog (no argument: the bundled default on bundled real data)."""
     from prefdata.build import run_recipe
 
-    cat = _open_catalog(catalog, must_exist=False)
-    result = run_recipe(recipe, cat, engine=engine, progress=not as_json, partitions=partitions,
+    # the catalog path, not an opened Catalog: run_recipe parses the recipe first, so a recipe with problems
+    # creates no catalog folder
+    result = run_recipe(recipe, _catalog_path(catalog), engine=engine, progress=not as_json, partitions=partitions,
                         console=_console(stderr=True) if as_json else _console())
     if as_json:
         _print_json(result)

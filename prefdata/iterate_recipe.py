@@ -153,8 +153,9 @@ class IterateRecipe:
 
     def build_steps(self, policy_dir: str | Path):
         """The builder steps of a round (prefdata.recipe.RecipeStep), policy placeholders resolved."""
+        # the round's policy folder is written by the round before (other model paths were checked at parse time)
         return parse_steps(resolve_policy({"steps": self.steps}, str(policy_dir))["steps"], self.seed,
-                           file=self.file, base_dir=self.base_dir)
+                           file=self.file, base_dir=self.base_dir, placeholders=frozenset({str(policy_dir)}))
 
 
 def resolve_policy(obj: Any, policy_path: str) -> Any:
@@ -179,12 +180,14 @@ def uses_policy(obj: Any) -> bool:
     return False
 
 
-def parse_steps(steps: list, seed: int, *, file: str, base_dir: Path):
-    """Validate builder steps through the build recipe parser (same messages, same YAML paths)."""
+def parse_steps(steps: list, seed: int, *, file: str, base_dir: Path,
+                placeholders: frozenset[str] = frozenset({POLICY})):
+    """Validate builder steps through the build recipe parser (same messages, same YAML paths); model paths
+    must exist, except the `placeholders` (the current policy)."""
     from prefdata.recipe import check_kind, output_kind, parse_recipe
 
     recipe = parse_recipe({"name": "iterate-steps", "seed": seed, "source": {"dataset": "iterate-generations"},
-                           "steps": steps}, file=file, base_dir=base_dir)
+                           "steps": steps}, file=file, base_dir=base_dir, model_placeholders=placeholders)
     kind = "responses"
     for step in recipe.steps:
         check_kind(step, kind, file)
@@ -267,9 +270,14 @@ def parse_iterate_recipe(data: Any, *, file: str | Path = "<recipe>", base_dir: 
                           "generate on-policy", path="generate.models", file=file)
     from builders.generate import GenerateConfig
     try:
-        GenerateConfig.model_validate(gen)
+        gen_cfg = GenerateConfig.model_validate(gen)
     except ValidationError as e:
         raise _pydantic(e, file, "generate") from None
+    from prefdata.errors import RecipeProblems
+    from prefdata.model_paths import model_path_problems
+    missing = model_path_problems(gen_cfg, "generate", base_dir, skip=frozenset({POLICY}))
+    if missing:
+        raise RecipeProblems(missing, file=file)
     parse_steps(top.steps, top.seed, file=file, base_dir=base_dir)
     _train_recipe(top.train, file)
     ev = None

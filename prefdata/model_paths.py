@@ -6,6 +6,7 @@ found through the package's installed files, so nothing is downloaded."""
 from __future__ import annotations
 
 import importlib.metadata
+import os
 from pathlib import Path
 
 from prefdata.errors import PrefdataError
@@ -48,14 +49,16 @@ def path_problem(path: str, base_dir: Path | None, expected: str) -> str | None:
         return None
     how = "" if path.startswith(PACKAGE_PREFIX) or Path(path).expanduser().is_absolute() else \
         " (a relative path is relative to the recipe file's folder)"
-    return f"model path {path!r} does not exist (looked at {found}){how}; expected {expected} " \
+    return f"model path {path!r} does not exist (looked at {os.path.abspath(found)}){how}; expected {expected} " \
            f"(a local checkpoint you provide: nothing is downloaded)"
 
 
-def model_path_problems(config: object, where: str, base_dir: Path | None) -> list[tuple[str, str]]:
+def model_path_problems(config: object, where: str, base_dir: Path | None,
+                        skip: frozenset[str] = frozenset()) -> list[tuple[str, str]]:
     """(YAML path, problem) for every model path in a validated config and the configs nested in it, so a recipe
     reports all its missing checkpoints when it is parsed, before any data is read or torch is imported.
-    A config names its model paths with a `model_path_fields() -> {field: what is expected}` method."""
+    A config names its model paths with a `model_path_fields() -> {field: what is expected}` method; paths in
+    `skip` are placeholders resolved later (not checked)."""
     from pydantic import BaseModel
     if not isinstance(config, BaseModel):
         return []
@@ -63,7 +66,7 @@ def model_path_problems(config: object, where: str, base_dir: Path | None) -> li
     fields = config.model_path_fields() if hasattr(config, "model_path_fields") else {}
     for name, expected in fields.items():
         value = getattr(config, name)
-        if isinstance(value, str):
+        if isinstance(value, str) and value not in skip:
             problem = path_problem(value, base_dir, expected)
             if problem:
                 out.append((f"{where}.{name}", problem))
@@ -71,7 +74,7 @@ def model_path_problems(config: object, where: str, base_dir: Path | None) -> li
         value = getattr(config, name)
         if isinstance(value, (list, tuple)):
             for i, item in enumerate(value):
-                out += model_path_problems(item, f"{where}.{name}[{i}]", base_dir)
+                out += model_path_problems(item, f"{where}.{name}[{i}]", base_dir, skip)
         else:
-            out += model_path_problems(value, f"{where}.{name}", base_dir)
+            out += model_path_problems(value, f"{where}.{name}", base_dir, skip)
     return out

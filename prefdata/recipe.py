@@ -28,7 +28,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from builders.base import StepConfig
 from builders.registry import STEPS, StepSpec
-from prefdata.errors import RecipeError
+from prefdata.errors import RecipeError, RecipeProblems
+from prefdata.model_paths import model_path_problems
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 TOP_KEYS = ("name", "description", "seed", "source", "steps", "partitions")
@@ -73,10 +74,7 @@ class Recipe:
     @property
     def source_path(self) -> Path | None:
         """Absolute path of a file source (relative paths resolve against the recipe's folder)."""
-        if self.source.path is None:
-            return None
-        p = Path(self.source.path).expanduser()
-        return p if p.is_absolute() else ((self.base_dir or Path.cwd()) / p).resolve()
+        return _source_path(self.source, self.base_dir)
 
 
 def _loc(loc: tuple) -> str:
@@ -86,14 +84,18 @@ def _loc(loc: tuple) -> str:
     return out
 
 
-def _pydantic_error(e: ValidationError, prefix: str, file: str) -> RecipeError:
-    """First error as `path: message`, further ones appended as `; path: message`."""
+def _pydantic_problems(e: ValidationError, prefix: str) -> list[tuple[str, str]]:
     found = []
     for err in e.errors():
         where = _loc(err["loc"])
         msg = "unknown field" if err["type"] == "extra_forbidden" else err["msg"]
         found.append((f"{prefix}.{where}" if where else prefix, msg))
-    (path, msg), rest = found[0], found[1:]
+    return found
+
+
+def _pydantic_error(e: ValidationError, prefix: str, file: str) -> RecipeError:
+    """First error as `path: message`, further ones appended as `; path: message`."""
+    (path, msg), *rest = _pydantic_problems(e, prefix)
     return RecipeError(msg + "".join(f"; {p}: {m}" for p, m in rest), path=path, file=file)
 
 
@@ -117,9 +119,11 @@ def check_kind(step: RecipeStep, kind: str | None, file: str) -> None:
                           path=step.yaml_path, file=file)
 
 
-def parse_recipe(data: Any, *, file: str | Path | None = None, base_dir: Path | None = None) -> Recipe:
+def parse_recipe(data: Any, *, file: str | Path | None = None, base_dir: Path | None = None,
+                 model_placeholders: frozenset[str] = frozenset()) -> Recipe:
     """Validate a recipe already loaded from YAML. `file` names it in errors; a relative source path
-    resolves against `base_dir` (default: the file's folder, else the working directory)."""
+    resolves against `base_dir` (default: the file's folder, else the working directory). Every model path
+    must exist, except those in `model_placeholders` (e.g. an iterate recipe's `policy`, resolved per round)."""
     fname = str(file) if file is not None else "<recipe>"
     if base_dir is None and file is not None:
         base_dir = Path(file).resolve().parent
@@ -160,33 +164,20 @@ def parse_recipe(data: Any, *, file: str | Path | None = None, base_dir: Path | 
     steps_raw = data["steps"]
     if not isinstance(steps_raw, list) or not steps_raw:
         raise RecipeError("steps must be a non-empty list of {step_name: {config}}", path="steps", file=fname)
-    steps = []
+    steps, problems = [], []                # problems: (YAML path, message), all reported together
     for i, entry in enumerate(steps_raw):
-        where = f"steps[{i}]"
-        if isinstance(entry, str):          # `- dedup` with no config
-            entry = {entry: {}}
-        if not isinstance(entry, dict) or len(entry) != 1:
-            raise RecipeError("each step is a single-key mapping {step_name: {config}}", path=where, file=fname)
-        (step_name, raw_cfg), = entry.items()
-        if step_name not in STEPS:
-            raise RecipeError(f"unknown step {step_name!r}; known steps: {', '.join(sorted(STEPS))}",
-                              path=f"{where}.{step_name}", file=fname)
-        spec = STEPS[step_name]
         try:
-            cfg_cls, fn = spec.load()
-        except ImportError as e:
-            raise RecipeError(f"step {step_name!r} is not available here: {e}", path=f"{where}.{step_name}",
-                              file=fname) from None
-        if raw_cfg is None:
-            raw_cfg = {}
-        if not isinstance(raw_cfg, dict):
-            raise RecipeError(f"config must be a mapping, got {type(raw_cfg).__name__}",
-                              path=f"{where}.{step_name}", file=fname)
-        try:
-            cfg = cfg_cls.model_validate(raw_cfg)
-        except ValidationError as e:
-            raise _pydantic_error(e, f"{where}.{step_name}", fname) from None
-        steps.append(RecipeStep(step_name, cfg, spec, fn, f"{where}.{step_name}"))
+            step = _parse_step(i, entry)
+        except _StepProblems as e:
+            problems += e.problems
+            continue
+        steps.append(step)
+        problems += model_path_problems(step.config, step.yaml_path, base_dir, skip=model_placeholders)
+    source_path = _source_path(source, base_dir)
+    if source_path is not None and not source_path.is_file():
+        problems.insert(0, ("source.path", f"source file not found: {source_path}"))
+    if problems:
+        raise RecipeProblems(problems, file=fname)
 
     kind = _source_kind(source)
     kinds = []
@@ -203,9 +194,46 @@ def parse_recipe(data: Any, *, file: str | Path | None = None, base_dir: Path | 
         if blocker is not None:
             raise RecipeError(f"step {blocker.name!r} needs the whole table, so this recipe cannot run by "
                               f"partitions (set partitions: 1 or auto)", path="partitions", file=fname)
-    if recipe.source_path is not None and not recipe.source_path.is_file():
-        raise RecipeError(f"source file not found: {recipe.source_path}", path="source.path", file=fname)
     return recipe
+
+
+class _StepProblems(Exception):
+    def __init__(self, problems: list[tuple[str, str]]):
+        self.problems = problems
+
+
+def _parse_step(i: int, entry: Any) -> RecipeStep:
+    """One `steps[i]` entry -> RecipeStep; _StepProblems with its YAML paths when it is invalid."""
+    where = f"steps[{i}]"
+    if isinstance(entry, str):          # `- dedup` with no config
+        entry = {entry: {}}
+    if not isinstance(entry, dict) or len(entry) != 1:
+        raise _StepProblems([(where, "each step is a single-key mapping {step_name: {config}}")])
+    (step_name, raw_cfg), = entry.items()
+    here = f"{where}.{step_name}"
+    if step_name not in STEPS:
+        raise _StepProblems([(here, f"unknown step {step_name!r}; known steps: {', '.join(sorted(STEPS))}")])
+    spec = STEPS[step_name]
+    try:
+        cfg_cls, fn = spec.load()
+    except ImportError as e:
+        raise _StepProblems([(here, f"step {step_name!r} is not available here: {e}")]) from None
+    if raw_cfg is None:
+        raw_cfg = {}
+    if not isinstance(raw_cfg, dict):
+        raise _StepProblems([(here, f"config must be a mapping, got {type(raw_cfg).__name__}")])
+    try:
+        cfg = cfg_cls.model_validate(raw_cfg)
+    except ValidationError as e:
+        raise _StepProblems(_pydantic_problems(e, here)) from None
+    return RecipeStep(step_name, cfg, spec, fn, here)
+
+
+def _source_path(source: SourceSpec, base_dir: Path | None) -> Path | None:
+    if source.path is None:
+        return None
+    p = Path(source.path).expanduser()
+    return p if p.is_absolute() else ((base_dir or Path.cwd()) / p).resolve()
 
 
 def load_recipe(path: str | Path) -> Recipe:
