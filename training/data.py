@@ -80,6 +80,7 @@ class DataOptions:
     chat_template: str | bool = "auto"   # auto: conversational rows when the tokenizer has a template; True: all
     unpaired: bool = False               # KTO: one example per completion (a pairs table: chosen desirable)
     label_threshold: float | None = None  # unpaired from a `score` column: desirable = score >= threshold
+    other_rewards: bool = False          # MODPO: other objectives' rewards from scores_chosen/scores_rejected
 
     def template(self, tokenizer) -> str | None:
         """The chat template that applies, or None (and the error for `true` without one, at load time)."""
@@ -183,9 +184,40 @@ def _col(table: pa.Table, name: str):
     return table.column(name).to_pylist() if name in table.column_names else None
 
 
-def _struct_matrix(values: list, column: str) -> tuple[list[list[float]], list[str]]:
-    keys = sorted({k for v in values if v for k in v})
-    return [[(v or {}).get(k) for k in keys] for v in values], keys
+OTHER_REWARDS = ("scores_chosen", "scores_rejected")
+
+
+def other_reward_fields(table: pa.Table) -> list[str]:
+    """MODPO: the other objectives, the fields of `scores_chosen` in struct order (the order of `w_other`)."""
+    fields = [[f.name for f in table.schema.field(c).type] if pa.types.is_struct(table.schema.field(c).type)
+              else None for c in OTHER_REWARDS]
+    if fields[0] is None or fields[1] is None:
+        raise SchemaError("MODPO needs struct columns scores_chosen/scores_rejected (one field per other objective)",
+                          column=OTHER_REWARDS[fields[0] is not None])
+    if fields[0] != fields[1]:
+        raise SchemaError(f"scores_chosen fields {fields[0]} differ from scores_rejected fields {fields[1]}",
+                          column="scores_rejected")
+    if not fields[0]:
+        raise SchemaError("scores_chosen has no fields: MODPO needs at least one other objective's reward",
+                          column="scores_chosen")
+    return fields[0]
+
+
+def other_reward_nulls(table: pa.Table, fields: list[str]) -> list[str | None]:
+    """Per row of `table`: the first null other-objective reward (`scores_chosen.helpful`), else None. Such a row
+    (e.g. a judge score kept with `on_unscorable: keep`) cannot be trained with MODPO and is dropped, counted."""
+    import numpy as np
+
+    names, masks = [], []
+    for c in OTHER_REWARDS:
+        flat = table.column(c).combine_chunks().flatten()   # a null struct makes every field null
+        for f, arr in zip(fields, flat, strict=True):
+            names.append(f"{c}.{f}")
+            masks.append(arr.is_null().to_numpy(zero_copy_only=False) | ~np.isfinite(
+                arr.fill_null(0.0).cast(pa.float64()).to_numpy(zero_copy_only=False)))
+    bad = np.stack(masks, 1) if masks else np.zeros((table.num_rows, 0), bool)
+    first = bad.argmax(1)
+    return [names[first[i]] if bad[i].any() else None for i in range(table.num_rows)]
 
 
 def _chat_rows(table: pa.Table, prompts: list, resp: list, keep: list[int], opts: DataOptions,
@@ -274,9 +306,13 @@ def build_train_data(table: pa.Table, tokenizer, *, max_length: int, required: t
     # required columns are checked after tokenization, so a row the tokenizer drops is counted under that
     # reason (the reference pass leaves exactly those rows null)
     nulls = {c: table.column(c).is_null().to_pylist() for c in required}
+    others = other_reward_fields(table) if opts.other_rewards and kind == "pairs" else None
+    other_nulls = other_reward_nulls(table, others) if others else None
     groups, kls = [], []
     for j, g in enumerate(enc.groups):
         bad = [c for c in required if nulls[c][g.row]]
+        if other_nulls is not None and other_nulls[g.row] is not None:
+            bad.append(other_nulls[g.row])
         if bad:
             dropped[f"{bad[0]} is null"] += 1
         else:
@@ -304,14 +340,11 @@ def build_train_data(table: pa.Table, tokenizer, *, max_length: int, required: t
         if v is not None:
             T = max((len(x) for x in v if x), default=1)
             columns[name] = torch.tensor([(x or []) + [0.0] * (T - len(x or [])) for x in v], dtype=torch.float64)
-    if kind == "pairs" and "scores_chosen" in sub.column_names and "scores_rejected" in sub.column_names:
-        oc, keys_c = _struct_matrix(_col(sub, "scores_chosen"), "scores_chosen")
-        orj, keys_r = _struct_matrix(_col(sub, "scores_rejected"), "scores_rejected")
-        if keys_c != keys_r:
-            raise SchemaError(f"scores_chosen fields {keys_c} differ from scores_rejected fields {keys_r}",
-                              column="scores_rejected")
-        columns["other_chosen"] = torch.tensor(oc, dtype=torch.float64)
-        columns["other_rejected"] = torch.tensor(orj, dtype=torch.float64)
+    if others:  # [rows, M] per side, fields in struct order; only the loss that reads them builds them
+        for c, name in zip(OTHER_REWARDS, ("other_chosen", "other_rejected"), strict=True):
+            flat = sub.column(c).combine_chunks().flatten()
+            columns[name] = torch.tensor([a.cast(pa.float64()).to_pylist() for a in flat],
+                                         dtype=torch.float64).reshape(len(others), len(rows)).T.contiguous()
     if kind == "lists":
         K = max(len(g.response_ids) for g in enc.groups) if enc.groups else 1
         scores = _col(sub, "scores")

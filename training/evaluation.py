@@ -305,7 +305,7 @@ def preference_metrics(lm, tokenizer, table: pa.Table, *, loss: str, loss_params
     if spec.kind not in SUPPORTED_KINDS:
         raise PrefdataError(f"loss {loss!r} is a {spec.kind} loss; preference metrics cover pair, list and unpaired "
                             "losses")
-    opts = options or DataOptions(unpaired=spec.kind == "unpaired")
+    opts = options or DataOptions(unpaired=spec.kind == "unpaired", other_rewards="other_rewards" in spec.needs)
     online = online_reference(spec)
     if online and reference_lm is None:
         raise PrefdataError(f"loss {loss!r} needs the reference model beside the policy: pass reference_lm")

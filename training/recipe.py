@@ -339,7 +339,7 @@ def check_eval(recipe: TrainRecipe, columns: list[str], *, eval_columns: list[st
 def data_options(recipe: TrainRecipe) -> DataOptions:
     spec, _ = recipe.loss_spec()
     return DataOptions(chat_template=recipe.chat_template, unpaired=spec.kind == "unpaired",
-                       label_threshold=recipe.unpaired.label_threshold)
+                       label_threshold=recipe.unpaired.label_threshold, other_rewards="other_rewards" in spec.needs)
 
 
 def _location(err: dict) -> str:

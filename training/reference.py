@@ -9,6 +9,7 @@ stored values were made by the same reference under the same settings.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -53,7 +54,9 @@ def compute_reference(lm, tokenizer, table: pa.Table, *, max_length: int, device
                       ) -> dict[str, pa.Array]:
     """Reference log-probs as Arrow columns aligned with `table` (null where a row cannot be trained on).
     `layout`: the packing the training run uses, so at step 1 the policy's log-probs equal these bit for bit."""
-    data = build_train_data(table, tokenizer, max_length=max_length, options=options)
+    # every trainable row gets its reference (MODPO's drop of rows with null other rewards is the trainer's)
+    opts = dataclasses.replace(options, other_rewards=False) if options is not None else None
+    data = build_train_data(table, tokenizer, max_length=max_length, options=opts)
     was_training = lm.training
     lm.eval()
     model = SequenceLogps(lm, chunk=chunk)
@@ -81,8 +84,8 @@ def compute_reference(lm, tokenizer, table: pa.Table, *, max_length: int, device
                 tok_c[g.row] = out.tokens[i, :cnt[0]].double().cpu().tolist()
                 tok_r[g.row] = out.tokens[i + 1, :cnt[1]].double().cpu().tolist()
             i += k
-        if progress is not None:
-            progress(len(part))
+        if progress is not None:   # progress(n, total): rows done now, rows the pass computes
+            progress(len(part), len(data.groups))
     lm.train(was_training)
     if data.kind == "unpaired":
         k = data.columns["label"].shape[1]
