@@ -12,7 +12,7 @@ The `scores` struct is left intact (the per-objective vector MODPO-style trainin
 Agreement report (in the step info, which the build stores in lineage, and printed): for each scorer pair,
 over every pair of responses to the same prompt — pairwise agreement (share of pairs both scorers order
 the same way, ties in either excluded), Kendall τ-b per prompt (mean, median), and the share of response
-pairs on which any two scorers disagree ("More is Less": low agreement means noisy preference labels).
+pairs on which any two scorers disagree (low agreement means noisy preference labels).
 τ-b is in [-1, 1] and equals scipy.stats.kendalltau(variant="b") per prompt; a prompt on which either
 scorer is constant has no τ (scipy gives NaN) and is left out of the τ mean / median and of
 `prompts_with_tau` (its pairs still count in pairwise agreement and the disagreement share)."""

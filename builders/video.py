@@ -9,9 +9,10 @@ DenseDPO (§5.5, §6(g)): an aligned clip pair is cut into fixed-length segments
 +1 (chosen better), −1 (worse) or 0 (tie) from a per-frame scorer averaged over the segment: PSNR or SSIM
 against a reference clip, a no-reference sharpness score, or CLIP image-text similarity to a caption.
 
-Augmentations work on whole clips as tensors (one conv / interpolate call for all frames) instead of a
-per-frame PIL loop; clips are processed by a bounded thread pool and only URIs are kept, so a build over
-thousands of clips holds a few clips in memory at a time."""
+Spatial augmentations (crop, blur, noise, colour jitter) run OpenCV's uint8 kernels frame by frame into one
+preallocated output (no float copy of the clip); temporal ones index the frame array. torch is used only by the
+DenseDPO scorers (the SSIM Gaussian window, the sharpness Laplacian). Clips are processed by a bounded thread
+pool and only URIs are kept, so a build over thousands of clips holds a few clips in memory at a time."""
 from __future__ import annotations
 
 import hashlib

@@ -25,7 +25,7 @@ from training.checkpointing import precision as _precision
 from training.data import open_dataset
 from training.diffusion_data import MediaPaths, image_tensor, require_columns, segment_mask, video_tensor
 from training.loop import StepLoop
-from training.losses import DiffusionBatch, LossOut, resolve_loss
+from training.losses import LOSSES, DiffusionBatch, LossOut, resolve_loss
 from training.plan import Step
 
 
@@ -96,8 +96,9 @@ class DiffusionRecipe(_S):
     def _loss(self):
         spec, _ = self.loss_spec()
         if spec.kind != "diffusion":
+            names = sorted(n for n, s in LOSSES.items() if s.kind == "diffusion")   # from the registry: no drift
             raise ValueError(f"loss {self.loss.get('name')!r} is a {spec.kind} loss; diffusion training needs one "
-                             "of the diffusion losses (diffusion_dpo_*, dcpo, smpo_diffusion, densedpo_segment_mean)")
+                             f"of the diffusion losses ({', '.join(names)})")
         video = "segments" in spec.needs
         if video != (self.denoiser.kind == "unet3d"):
             raise ValueError("densedpo_segment_mean needs a video denoiser (kind unet3d) and the image losses a 2D one")
