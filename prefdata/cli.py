@@ -436,8 +436,13 @@ def train(
         from training.run import train_from_recipe
 
         result = train_from_recipe(recipe, catalog_path=path if path.exists() else None, resume=resume)
+    from training.summary import summary_lines, train_summary
+
+    result["summary"] = train_summary(result)   # progress went to stderr; the summary is stdout's only output
     if as_json:
         _print_json(result)
+    else:
+        print("\n".join(summary_lines(result["summary"])), flush=True)
 
 
 @app.command("eval")

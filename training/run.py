@@ -35,6 +35,7 @@ from training.logps import ADAPTERS_OFF, attn_implementation
 from training.loop import RunSetup, train
 from training.packing import resolve_layout
 from training.plan import make_plan
+from training.progress import counted, phase
 from training.recipe import (
     TrainRecipe,
     data_options,
@@ -44,6 +45,7 @@ from training.recipe import (
     reference_model,
 )
 from training.reference import ensure_reference
+from training.summary import rows_line
 from training.unpaired import kto_balance
 from training.vlm_recipe import is_vlm_recipe
 
@@ -71,30 +73,43 @@ STARTING_POLICY_NOTE = "the recipe sets no reference: the reference is the start
 
 
 def prepare_reference(recipe: TrainRecipe, spec, ds, lm, tok, out_dir: Path, options: DataOptions | None = None,
-                      eval_ds: DatasetHandle | None = None):
+                      eval_ds: DatasetHandle | None = None, show: bool = True):
     """Run (or skip) the reference pass over the training dataset and, when given, the eval dataset (one
     reference model load for both); returns (dataset, status, eval dataset) with reference columns."""
     model_id = reference_model(recipe, ds.table.column_names)
     if model_id is None:
-        return ds, {"status": "from dataset" if needs_reference(spec, recipe) else "not needed"}, eval_ds
+        if not needs_reference(spec, recipe):
+            return ds, {"status": "not needed"}, eval_ds
+        if show:   # said, so a run that skips the pass is not silent about where its reference came from
+            Console(stderr=True, soft_wrap=True).print(f"reference pass: not needed, {ds.ref} stores the reference "
+                                                       "log-probs", highlight=False)
+        return ds, {"status": "from dataset", "ref": ds.ref}, eval_ds
     same = Path(model_id).resolve() == Path(recipe.model).resolve() \
         if Path(recipe.model).exists() else model_id == recipe.model
-    ref_lm = lm if same else load_model(model_id, trust_remote_code=recipe.trust_remote_code,
-                                        dtype=recipe.train.weights_dtype())[0]
+    if not same:
+        with phase(f"loading reference model {model_id}", enabled=show):
+            ref_lm = load_model(model_id, trust_remote_code=recipe.trust_remote_code,
+                                dtype=recipe.train.weights_dtype())[0]
+    else:
+        ref_lm = lm
     ref_lm.to(_device())
     # no-grad forwards keep one layer's activations at a time: budget as if checkpointed
     budget = resolve_token_budget(recipe.train.token_budget, ref_lm, _device(), grad_checkpointing=True,
                                   mixed_precision=torch.cuda.is_available())
 
     def run(d: DatasetHandle, cache_dir: Path):
-        with torch.autocast("cuda", torch.bfloat16, enabled=torch.cuda.is_available()):
-            return ensure_reference(d, lm=ref_lm, tokenizer=tok, model_id=model_id,
+        with counted(f"reference pass over {d.ref}", "rows", enabled=show) as advance, \
+                torch.autocast("cuda", torch.bfloat16, enabled=torch.cuda.is_available()):
+            out = ensure_reference(d, lm=ref_lm, tokenizer=tok, model_id=model_id, progress=advance,
                                     max_length=recipe.train.max_length, device=_device(),
                                     with_tokens="token_logps" in spec.needs, cache_dir=cache_dir,
                                     batch_size=recipe.reference.batch_size, token_budget=budget, options=options,
                                     layout=resolve_layout(recipe.train.layout, device=_device(),
                                                           kind=table_kind(d.table.column_names),
                                                           attn_impl=attn_implementation(ref_lm)))
+            if out[1]["status"] == "skipped":
+                advance.note = f"already done, reference log-probs found in {out[1]['ref']}"
+            return out
     ds, status = run(ds, out_dir / "reference")
     if eval_ds is not None:   # its own cache folder: a file cache is keyed by the reference, not the rows
         key = hashlib.sha256(str(eval_ds.ref).encode()).hexdigest()[:12]
@@ -121,18 +136,21 @@ def online_reference_model(recipe: TrainRecipe, spec, lm):
     return ref.to(_device()).eval().requires_grad_(False)
 
 
-def _prepare(recipe: TrainRecipe, spec, ds, out_dir: Path, eval_ds: DatasetHandle | None):
-    """Model + tokenizer (a tiny one created when asked), data options, and the reference pass."""
+def _prepare(recipe: TrainRecipe, spec, ds, out_dir: Path, eval_ds: DatasetHandle | None, show: bool = True):
+    """Model + tokenizer (a tiny one created when asked), data options, and the reference pass (each phase
+    shown on stderr when `show`)."""
     if recipe.make_tiny_model and not Path(recipe.model).exists():
         from training.tiny import make_tiny_model, texts_of_table
         completions = [c for col in ("completion", "response") if col in ds.table.column_names  # unpaired tables
                        for c in ds.table.column(col).to_pylist() if isinstance(c, str)]
-        make_tiny_model(recipe.model, texts_of_table(ds.table) + completions)
-    lm, tok = load_model(recipe.model, trust_remote_code=recipe.trust_remote_code, tokenizer=recipe.tokenizer,
-                         dtype=recipe.train.weights_dtype(), gguf_file=recipe.gguf_file)
+        with phase(f"making the tiny model {recipe.model}", enabled=show):
+            make_tiny_model(recipe.model, texts_of_table(ds.table) + completions)
+    with phase(f"loading model {recipe.model}", enabled=show):
+        lm, tok = load_model(recipe.model, trust_remote_code=recipe.trust_remote_code, tokenizer=recipe.tokenizer,
+                             dtype=recipe.train.weights_dtype(), gguf_file=recipe.gguf_file)
     options = data_options(recipe)
     options.template(tok)  # chat_template: true without a template fails here, before any reference pass
-    ds, ref_status, eval_ds = prepare_reference(recipe, spec, ds, lm, tok, out_dir, options, eval_ds)
+    ds, ref_status, eval_ds = prepare_reference(recipe, spec, ds, lm, tok, out_dir, options, eval_ds, show=show)
     return lm, tok, ds, ref_status, options, eval_ds
 
 
@@ -184,7 +202,8 @@ def train_from_recipe(recipe_path: str | Path, *, catalog_path: str | Path | Non
     from accelerate import PartialState
     state = PartialState(cpu=not torch.cuda.is_available())
     with state.main_process_first():
-        lm, tok, ds, ref_status, options, eval_ds = _prepare(recipe, spec, ds, out_dir, eval_ds)
+        lm, tok, ds, ref_status, options, eval_ds = _prepare(recipe, spec, ds, out_dir, eval_ds,
+                                                             show=state.is_main_process)
     if state.is_main_process and "note" in ref_status:   # said once, on stderr (stdout may be --json)
         Console(stderr=True, soft_wrap=True).print(f"reference: {ref_status['note']}", highlight=False)
 
@@ -196,6 +215,9 @@ def train_from_recipe(recipe_path: str | Path, *, catalog_path: str | Path | Non
     data = build_train_data(table, tok, max_length=recipe.train.max_length, required=required, options=options)
     if not data.groups:
         raise PrefdataError(f"{recipe.dataset}: no trainable rows ({dict(data.dropped)})")
+    if state.is_main_process:   # every drop and its reason, where training decides it (also in the summary)
+        Console(stderr=True, soft_wrap=True).print(rows_line(len(data.groups), data.rows_in, data.dropped),
+                                                   highlight=False)
     eval_set = build_eval_set(recipe, spec, ds, eval_ds, tok, options) if ev is not None else None
     if options.unpaired:
         data.info["kto_balance"] = kto_balance(data, params)
