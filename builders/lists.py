@@ -58,7 +58,8 @@ def build_lists(frame: pl.LazyFrame, cfg: ListsConfig, ctx: StepContext) -> Buil
     reason_by_prompt = spread.select("prompt_id", pl.when(pl.col("m") < need)
                                      .then(pl.lit(f"prompt has < {need} responses"))
                                      .when(pl.lit(cfg.drop_all_tied) & (pl.col("spread") == 0))
-                                     .then(pl.lit("all responses tied")).alias("prompt_reason"))
+                                     .then(pl.lit(f"top {cfg.k} all tied" if cfg.k else "all responses tied"))
+                                     .alias("prompt_reason"))
     acct = (df.select(ROW, "prompt_id", "__drop")
             .join(valid.select(ROW, "_pos"), on=ROW, how="left")
             .join(reason_by_prompt, on="prompt_id", how="left")
@@ -92,7 +93,11 @@ def build_lists(frame: pl.LazyFrame, cfg: ListsConfig, ctx: StepContext) -> Buil
     info = {"lists": out.height, "k": cfg.k, "prompts": df.select(pl.col("prompt_id").n_unique()).item(),
             "lists_cut_inside_tie": cut_in_tie}
     summary = f"{out.height:,} lists of {cfg.k or 'all'}"
+    # prompts dropped whole, by reason (the drops count their rows)
+    by_prompt = reason_by_prompt.drop_nulls("prompt_reason").group_by("prompt_reason").len().sort("prompt_reason")
+    if by_prompt.height:
+        summary += " · prompts dropped: " + ", ".join(f"{n:,} {r}" for r, n in by_prompt.iter_rows())
     if cut_in_tie:
-        summary += f" · {cut_in_tie:,} cut inside a tie"
+        summary += f" · {cut_in_tie:,} lists cut inside a tie (input order decides)"
     return Built(out.lazy(), "lists", drops=drops, rows_in=df.height, rows_kept=rows_kept, info=info,
                  summary=summary)

@@ -133,8 +133,7 @@ def _load_source(recipe: Recipe, cat) -> _Source:
     dropped = sum(res.drops.values())
     prompts = pc.count_distinct(res.table.column("prompt_id")).as_py() if res.table.num_rows else 0
     line = f"{res.format} {path.name} ({prompts:,} prompts) → {res.table.num_rows:,} {res.kind} rows"
-    if dropped:
-        line += f" · dropped {dropped:,} ({', '.join(res.drops)})"
+    line += drops_text(res.drops)
     lineage = {"builder": "ingest", "format": res.format, "source": str(path), "config":
                {"format": res.format, "mapping": src.mapping or {}, "carry": src.carry or []}, "rows_in": res.rows_in,
                "rows_kept": res.rows_in - dropped, "rows_dropped": dict(res.drops), "info": res.info}
@@ -290,7 +289,7 @@ def run_recipe(recipe_path: Path | str | None, catalog, *, engine: str = "local"
         kind = report.kind
         reports.append(report)
         shown(step.name, f"{report.label} · {report.summary or f'{report.rows_out:,} rows'}"
-                         f"  [dim]({report.seconds:.2f}s)[/]")
+                         f"{drops_text(report.drops, report.summary)}  [dim]({report.seconds:.2f}s)[/]")
 
     _store_source(cat, recipe, source)
     table = df.to_arrow()
@@ -306,6 +305,15 @@ def run_recipe(recipe_path: Path | str | None, catalog, *, engine: str = "local"
     shutil.rmtree(step_work, ignore_errors=True)
     return _finish(cat, recipe, version, written, verb, table.num_rows, kind, reports, inputs, config_sha, file,
                    source, console)
+
+
+def drops_text(drops: dict[str, int], summary: str = "") -> str:
+    """` · dropped N rows: n1 reason1, n2 reason2` (every reason with its count, where the step runs; empty when
+    nothing was dropped or the step's own summary already counts its drops)."""
+    total = sum(drops.values())
+    if not total or " · dropped " in summary:
+        return ""
+    return f" · dropped {total:,} rows: " + ", ".join(f"{n:,} {why}" for why, n in drops.items() if n)
 
 
 def _prompt_local(step: RecipeStep) -> bool:
@@ -399,7 +407,8 @@ def _run_partitioned(recipe: Recipe, cat, source: _Source, n_parts: int, ctx: St
                                       t.rows_in, t.rows_kept, dict(sorted(t.drops.items())), t.rows_out, info,
                                       planned[1] if planned else _summary(t, in_kind), round(t.seconds, 3)))
             in_kind = t.kind
-            shown(step.name, f"{reports[-1].label} · {reports[-1].summary}  [dim]({t.seconds:.2f}s)[/]")
+            shown(step.name, f"{reports[-1].label} · {reports[-1].summary}{drops_text(reports[-1].drops, reports[-1].summary)}"
+                             f"  [dim]({t.seconds:.2f}s)[/]")
         rows_out = reports[-1].rows_out if reports else source.rows
         if final is not None:
             _, _, drops, info = pb.curriculum
@@ -410,7 +419,7 @@ def _run_partitioned(recipe: Recipe, cat, source: _Source, n_parts: int, ctx: St
             reports.append(StepReport(final.name, _label(final), final.config.model_dump(mode="json"), kind,
                                       rows_in, rows_out, drops, rows_out, {**info, "partitions": n_parts},
                                       summary, 0.0))
-            shown(final.name, f"{reports[-1].label} · {summary}")
+            shown(final.name, f"{reports[-1].label} · {summary}{drops_text(drops)}")
         _store_source(cat, recipe, source)
         inputs, message, lineage = _lineage(recipe, source, reports, file, config_json, config_sha, engine,
                                             rows_out, n_parts)
