@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 import shutil
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -274,8 +274,9 @@ def run_recipe(recipe_path: Path | str | None, catalog, *, engine: str = "local"
                       progress=progress)
     status = (lambda msg: console.status(msg, spinner="dots")) if progress else (lambda msg: nullcontext())
     if n_parts > 1:
-        return _run_partitioned(recipe, cat, source, n_parts, ctx, runner, file, config_json, config_sha,
-                                console, shown, status, engine)
+        with _tidy_on_failure(step_work, console):
+            return _run_partitioned(recipe, cat, source, n_parts, ctx, runner, file, config_json, config_sha,
+                                    console, shown, status, engine)
 
     df, kind, reports = pl.from_arrow(source.read()), source.kind, []
     if source.version is not None:
@@ -283,13 +284,14 @@ def run_recipe(recipe_path: Path | str | None, catalog, *, engine: str = "local"
     if recipe.steps and _prompt_local(recipe.steps[0]):
         from prefdata.partitioned import group_prompts
         df = group_prompts(df)         # the order a partitioned build gives (a no-op for contiguous prompts)
-    for step in recipe.steps:
-        with status(f"{step.name}: {_label(step)}"):
-            df, report = run_step(step, df.lazy(), kind, ctx, runner, file=file)
-        kind = report.kind
-        reports.append(report)
-        shown(step.name, f"{report.label} · {report.summary or f'{report.rows_out:,} rows'}"
-                         f"{drops_text(report.drops, report.summary)}  [dim]({report.seconds:.2f}s)[/]")
+    with _tidy_on_failure(step_work, console):
+        for step in recipe.steps:
+            with status(f"{step.name}: {_label(step)}"):
+                df, report = run_step(step, df.lazy(), kind, ctx, runner, file=file)
+            kind = report.kind
+            reports.append(report)
+            shown(step.name, f"{report.label} · {report.summary or f'{report.rows_out:,} rows'}"
+                             f"{drops_text(report.drops, report.summary)}  [dim]({report.seconds:.2f}s)[/]")
 
     _store_source(cat, recipe, source)
     table = df.to_arrow()
@@ -305,6 +307,33 @@ def run_recipe(recipe_path: Path | str | None, catalog, *, engine: str = "local"
     shutil.rmtree(step_work, ignore_errors=True)
     return _finish(cat, recipe, version, written, verb, table.num_rows, kind, reports, inputs, config_sha, file,
                    source, console)
+
+
+def tidy_work(work: Path) -> list[tuple[Path, int]]:
+    """After a failed build: remove the empty folders under the build's `_work/<name>/steps` (and those above it
+    up to `_work`, when empty); returns the folders kept, each with its finished shards (what a rerun resumes)."""
+    if not work.exists():
+        return []
+    for d in sorted((p for p in work.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+        if not any(d.iterdir()):
+            d.rmdir()
+    kept = [(d, len(list(d.glob("shard-*")))) for d in sorted(work.iterdir()) if d.is_dir()]
+    for d in (work, work.parent, work.parent.parent):
+        if d.exists() and not any(d.iterdir()):
+            d.rmdir()
+    return kept
+
+
+@contextmanager
+def _tidy_on_failure(work: Path, console):
+    """A failing step leaves no empty work folders; one holding finished shards is kept and said (resume)."""
+    try:
+        yield
+    except BaseException:
+        for d, shards in tidy_work(work):
+            console.print(f"  kept {d} ({shards} finished shard(s)): the next build of this recipe resumes from "
+                          "them; delete the folder to start over", highlight=False, soft_wrap=True)
+        raise
 
 
 def drops_text(drops: dict[str, int], summary: str = "") -> str:

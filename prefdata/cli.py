@@ -186,8 +186,14 @@ def build(
 
     # the catalog path, not an opened Catalog: run_recipe parses the recipe first, so a recipe with problems
     # creates no catalog folder
-    result = run_recipe(recipe, _catalog_path(catalog), engine=engine, progress=not as_json, partitions=partitions,
-                        console=_console(stderr=True) if as_json else _console())
+    path = _catalog_path(catalog)
+    existed, had_marker = path.exists(), (path / "catalog.json").exists()
+    try:
+        result = run_recipe(recipe, path, engine=engine, progress=not as_json, partitions=partitions,
+                            console=_console(stderr=True) if as_json else _console())
+    except PrefdataError:
+        _undo_new_catalog(path, existed, had_marker)
+        raise
     if as_json:
         _print_json(result)
 
@@ -426,16 +432,22 @@ def train(
     A recipe with a top-level `denoiser:` section trains a diffusion model (Diffusion-DPO family); one with a
     top-level `vlm:` section trains a vision-language model on multi-image pairs (MIA-DPO)."""
     path = _catalog_path(catalog)
-    if _recipe_keys(recipe) & {"denoiser"}:
-        from training.diffusion import train_diffusion_from_recipe
+    existed, had_marker = path.exists(), (path / "catalog.json").exists()
+    try:
+        if _recipe_keys(recipe) & {"denoiser"}:
+            from training.diffusion import train_diffusion_from_recipe
 
-        # the diffusion recipe reads `catalog:` from the YAML; --catalog / env fill it in when absent
-        os.environ.setdefault("PREFDATA_CATALOG", str(path))
-        result = train_diffusion_from_recipe(recipe, resume=resume)
-    else:
-        from training.run import train_from_recipe
+            # the diffusion recipe reads `catalog:` from the YAML; --catalog / env fill it in when absent
+            os.environ.setdefault("PREFDATA_CATALOG", str(path))
+            result = train_diffusion_from_recipe(recipe, resume=resume)
+        else:
+            from training.run import train_from_recipe
 
-        result = train_from_recipe(recipe, catalog_path=path if path.exists() else None, resume=resume)
+            # always the catalog the command names (None fell back to ./prefdata_catalog, not --catalog's)
+            result = train_from_recipe(recipe, catalog_path=path, resume=resume)
+    except PrefdataError as e:
+        _undo_new_catalog(path, existed, had_marker)
+        raise _with_build_hint(e, recipe, path) from None
     from training.summary import summary_lines, train_summary
 
     result["summary"] = train_summary(result)   # progress went to stderr; the summary is stdout's only output
@@ -443,6 +455,35 @@ def train(
         _print_json(result)
     else:
         print("\n".join(summary_lines(result["summary"])), flush=True)
+
+
+def _undo_new_catalog(path: Path, existed: bool, had_marker: bool) -> None:
+    """A failed command leaves no catalog it created: the marker opening it wrote, and the folder if it made
+    it (only while nothing else is in them)."""
+    marker = path / "catalog.json"
+    if not had_marker and marker.exists() and not any(p != marker for p in path.iterdir()):
+        marker.unlink()
+    if not existed and path.is_dir() and not any(path.iterdir()):
+        path.rmdir()
+
+
+def _with_build_hint(e: PrefdataError, recipe: Path, catalog: Path) -> PrefdataError:
+    """A missing dataset that a bundled build recipe makes: say which recipe and the command that builds it."""
+    import yaml
+
+    from prefdata.recipe import bundled_recipe_for
+
+    if "not found" not in str(e):
+        return e
+    try:
+        dataset = (yaml.safe_load(Path(recipe).read_text(encoding="utf-8")) or {}).get("dataset")
+    except (OSError, yaml.YAMLError, AttributeError):
+        return e
+    builder = bundled_recipe_for(dataset) if isinstance(dataset, str) else None
+    if builder is None or f"{dataset.split('@')[0]!r}" not in str(e):
+        return e
+    return PrefdataError(f"{e}; it is made by the bundled recipe {builder.name}: prefdata build {builder} "
+                         f"--catalog {catalog}")
 
 
 @app.command("eval")

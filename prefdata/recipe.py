@@ -263,3 +263,20 @@ def canonical_config(recipe: Recipe) -> tuple[str, str]:
     # same canonical form as catalog.hashing.canonical_json (sorted keys, no spaces, UTF-8 kept)
     text = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     return text, hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+BUNDLED_RECIPES = Path(__file__).resolve().parents[1] / "examples" / "recipes"
+
+
+def bundled_recipe_for(dataset: str) -> Path | None:
+    """The bundled build recipe whose `name:` is `dataset` (NAME or NAME@V), so a missing dataset's error can
+    say which recipe makes it; None when no bundled build recipe does."""
+    name = dataset.split("@")[0]
+    for p in sorted(BUNDLED_RECIPES.glob("*.yaml")):
+        try:
+            data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError):
+            continue
+        if isinstance(data, dict) and data.get("name") == name and "steps" in data and "source" in data:
+            return p
+    return None
