@@ -212,7 +212,9 @@ def _load_state(lm: torch.nn.Module, src: ModelSource) -> torch.nn.Module:
     state = load_file(str(Path(src.location) / STATE_WEIGHTS))
     state = {k[len(STATE_PREFIX):]: v for k, v in state.items() if k.startswith(STATE_PREFIX)}
     if src.lora:
-        from peft import LoraConfig, get_peft_model
+        from peft import LoraConfig
+
+        from training.peft_compat import get_peft_model
         lo = src.lora
         lm = get_peft_model(lm, LoraConfig(r=lo["r"], lora_alpha=lo["alpha"], lora_dropout=lo.get("dropout", 0.0),
                                            target_modules=list(lo["target_modules"]), task_type="CAUSAL_LM"))

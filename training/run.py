@@ -222,7 +222,9 @@ def train_from_recipe(recipe_path: str | Path, *, catalog_path: str | Path | Non
     if options.unpaired:
         data.info["kto_balance"] = kto_balance(data, params)
     if recipe.lora is not None:
-        from peft import LoraConfig, get_peft_model
+        from peft import LoraConfig
+
+        from training.peft_compat import get_peft_model
         lm = get_peft_model(lm, LoraConfig(r=recipe.lora.r, lora_alpha=recipe.lora.alpha,
                                            lora_dropout=recipe.lora.dropout,
                                            target_modules=list(recipe.lora.target_modules), task_type="CAUSAL_LM"))

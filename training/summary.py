@@ -50,7 +50,7 @@ def _num(v: Any) -> str:
 def summary_lines(s: dict[str, Any]) -> list[str]:
     """The summary as plain lines (one fact each, grep-able)."""
     lines = []
-    steps = f"{s.get('steps')} steps" + (f" (resumed at step {s['resumed_from']})" if s.get("resumed_from") else "")
+    steps = f"{s.get('steps')} step{'' if s.get('steps') == 1 else 's'}" + (f" (resumed at step {s['resumed_from']})" if s.get("resumed_from") else "")
     if s.get("seconds") is not None:
         steps += f" in {s['seconds']} s"
     lines.append(f"trained   {steps} on {s.get('dataset')}")

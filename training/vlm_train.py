@@ -166,7 +166,9 @@ class VlmTrainer(StepLoop):
             frozen = copy.deepcopy(model).eval().requires_grad_(False)
             self.ref_model = VlmSequenceLogps(frozen, chunk=chunk, compute_dtype=head_dtype).to(self.acc.device)
         if recipe.lora is not None:
-            from peft import LoraConfig, get_peft_model
+            from peft import LoraConfig
+
+            from training.peft_compat import get_peft_model
             lo = recipe.lora
             model = get_peft_model(model, LoraConfig(r=lo.r, lora_alpha=lo.alpha, lora_dropout=lo.dropout,
                                                      target_modules=list(lo.target_modules)))
