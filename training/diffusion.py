@@ -24,6 +24,7 @@ from training.checkpointing import RESUMABLE_CHANGES
 from training.checkpointing import precision as _precision
 from training.data import open_dataset
 from training.diffusion_data import MediaPaths, image_tensor, require_columns, segment_mask, video_tensor
+from training.diffusion_lists import ListData, list_batch
 from training.loop import StepLoop
 from training.losses import LOSSES, DiffusionBatch, LossOut, resolve_loss
 from training.plan import Step
@@ -49,6 +50,9 @@ class DenoiserSection(_S):
 class TextEncoderSection(_S):
     path: str                          # transformers AutoModel + AutoTokenizer folder; frozen
     max_length: int = Field(32, ge=1)
+    # build a tiny random encoder at `path` if it does not exist (diffusion_tiny.py); width = make_tiny_hidden
+    make_tiny: bool = False
+    make_tiny_hidden: int = Field(32, ge=2)
 
 
 class DataSection(_S):
@@ -95,10 +99,12 @@ class DiffusionRecipe(_S):
     @model_validator(mode="after")
     def _loss(self):
         spec, _ = self.loss_spec()
-        if spec.kind != "diffusion":
+        if spec.kind not in ("diffusion", "list"):
             names = sorted(n for n, s in LOSSES.items() if s.kind == "diffusion")   # from the registry: no drift
             raise ValueError(f"loss {self.loss.get('name')!r} is a {spec.kind} loss; diffusion training needs one "
-                             f"of the diffusion losses ({', '.join(names)})")
+                             f"of the diffusion losses ({', '.join(names)}) or a listwise loss on image lists")
+        if spec.kind == "list" and self.denoiser.kind != "unet2d":
+            raise ValueError("listwise diffusion training (image lists) needs an image denoiser (kind unet2d)")
         video = "segments" in spec.needs
         if video != (self.denoiser.kind == "unet3d"):
             raise ValueError("densedpo_segment_mean needs a video denoiser (kind unet3d) and the image losses a 2D one")
@@ -181,6 +187,9 @@ class TextEncoder:
 
     def __init__(self, sec: TextEncoderSection, device):
         from transformers import AutoModel, AutoTokenizer
+        if sec.make_tiny and not Path(sec.path).exists():
+            from training.diffusion_tiny import make_tiny_text_encoder
+            make_tiny_text_encoder(sec.path, hidden_size=sec.make_tiny_hidden)
         self.tok = AutoTokenizer.from_pretrained(sec.path)
         self.model = AutoModel.from_pretrained(sec.path).eval().to(device).requires_grad_(False)
         self.max_length, self.device, self.cache = sec.max_length, device, {}
@@ -227,6 +236,7 @@ class PairData:
                 self.rows.append(r)
             else:
                 self.dropped += 1
+        self.drop_reason = f"missing {', '.join(need)}" + ("" if self.video else " or not 2 images")
         if not self.rows:
             raise SchemaError(f"dataset {ds.ref} has no usable pairs ({self.dropped} rows lack {need})")
         self.d, self.alpha_col = recipe.data, recipe.data.alpha_column
@@ -290,8 +300,11 @@ class DiffusionTrainer(StepLoop):
         torch.manual_seed(tr.seed)
         self.out_dir = Path(recipe.output_dir)
         self.metrics_path = self.out_dir / "metrics.jsonl"
-        self.data = PairData(recipe, self.spec[0])
-        self.dataset_ref, self.info, self.log_event, self.bco = self.data.ref, {"rows_dropped": self.data.dropped}, \
+        self.lists = self.spec[0].kind == "list"   # RankDPO / Syn-Pic image lists (diffusion_lists.py)
+        self.data = ListData(recipe, open_dataset(recipe.dataset, recipe.catalog)) if self.lists else \
+            PairData(recipe, self.spec[0])
+        dropped = {self.data.drop_reason: self.data.dropped} if self.data.dropped else {}   # by reason, as text runs
+        self.dataset_ref, self.info, self.log_event, self.bco = self.data.ref, {"rows_dropped": dropped}, \
             None, None
         self.text = TextEncoder(recipe.text_encoder, self.acc.device)
         policy = build_denoiser(recipe.denoiser)
@@ -333,6 +346,8 @@ class DiffusionTrainer(StepLoop):
         pos = torch.arange(self.acc.process_index, len(full), self.acc.num_processes)
         b, dev = self.data.batch(list(idx)), self.acc.device
         g = _step_rng(self.tr.seed, self.step)
+        if self.lists:
+            return self.list_step_loss(b, g, full, pos)
         with torch.no_grad():
             x_w, x_l = self.latents(b["x_w"].to(dev)), self.latents(b["x_l"].to(dev))
         t = torch.randint(0, self.tr.num_train_timesteps, (len(full),), generator=g)[pos].to(dev)
@@ -343,6 +358,27 @@ class DiffusionTrainer(StepLoop):
                                alpha=b.get("alpha"))
             lo: LossOut = self.spec[0].fn(batch, self.spec[1])
         lo.metrics |= {k: getattr(batch, k).detach() for k in ("mse_pol_w", "mse_pol_l", "mse_ref_w", "mse_ref_l")}
+        return lo.loss.sum(), lo, 0, None
+
+    def list_step_loss(self, b: dict, g: torch.Generator, full, pos):
+        dev = self.acc.device
+        with torch.no_grad():
+            x = self.latents(b["x"].flatten(0, 1).to(dev))
+        x = x.reshape(*b["mask"].shape, *x.shape[1:])
+        t = torch.randint(0, self.tr.num_train_timesteps, (len(full),), generator=g)[pos].to(dev)
+        noise = torch.randn((len(full), *x.shape[2:]), generator=g)[pos].to(dev)
+
+        def errors(xs, ns, ts, cs, reference):
+            if not reference:
+                return denoising_errors(self.model, xs, ns, ts, cs, self.noise_sched)
+            if self.reference is None:
+                with _adapters_off(getattr(self.model, "module", self.model)):
+                    return denoising_errors(self.model, xs, ns, ts, cs, self.noise_sched)
+            return denoising_errors(self.reference, xs, ns, ts, cs, self.noise_sched)
+
+        with self.acc.autocast():
+            batch = list_batch(errors, x, b["mask"], b["scores"], self.text(b["c"]), t, noise)
+            lo: LossOut = self.spec[0].fn(batch, self.spec[1])
         return lo.loss.sum(), lo, 0, None
 
     def save_final(self, final: Path) -> None:

@@ -682,6 +682,7 @@ ALIASES: dict[str, str] = {
     "cdpo": "cdpo_label_smoothing",
     "rdpo": "robust_dpo",
     "tpo_tree": "listnet_dpo",
+    "rankdpo": "rankdpo_dcg_pairwise",
     "diffusion_dpo": "diffusion_dpo_diffusers_form",
 }
 for _alias, _target in ALIASES.items():

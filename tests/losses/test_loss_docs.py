@@ -21,5 +21,6 @@ def test_losses_md_table_is_the_registry():
     names = re.findall(r"^\| `([a-z0-9_]+)` \|", text, flags=re.M)
     assert names == loss_names()
     # and every alias the docs list resolves to what they say
-    for alias, target in re.findall(r"`([a-z_]+)`(?:, `[a-z_]+`)* → `([a-z_0-9]+)`", text):
+    for alias, target in re.findall(r"`([a-z_]+)`(?:, `[a-z_]+`)* →\s+`([a-z_0-9]+)`", text):
         assert ALIASES[alias] == target
+    assert all(f"`{alias}`" in text for alias in ALIASES)
