@@ -63,11 +63,41 @@ def write_checkpoint(acc, out_dir: Path, step: int, state: dict, extra: dict | N
             shutil.rmtree(old)
         else:
             tmp.replace(final)  # atomic: a checkpoint dir either is complete or does not exist
+        keep = ((state.get("recipe") or {}).get("train") or {}).get("save_total_limit")
+        prune_checkpoints(out_dir, keep=keep)
     acc.wait_for_everyone()
     return final
 
 
-RESUMABLE_CHANGES = ("output_dir", "train.save_every", "train.log_every")
+# accelerate's save_state files that only resume reads (the AdamW moments are twice the weights in fp32)
+OPTIMIZER_FILES = ("optimizer*.bin", "optimizer*.safetensors", "optimizer*.pt")
+
+
+def prune_checkpoints(out_dir: Path, keep: int | None = None) -> list[Path]:
+    """Retention after a checkpoint is written: only the newest keeps its optimizer state (resume starts from it;
+    an older checkpoint stays a loadable model: weights, RNG and trainer state); with `keep`, only the newest
+    `keep` checkpoints are kept at all. Returns the checkpoints removed."""
+    ckpts = checkpoint_dirs(out_dir)
+    removed = ckpts[:-keep] if keep else []
+    for d in removed:
+        shutil.rmtree(d)
+    for d in ckpts[len(removed):-1]:
+        for pattern in OPTIMIZER_FILES:
+            for f in d.glob(pattern):
+                f.unlink()
+    return removed
+
+
+def disk_use(out_dir: Path) -> dict:
+    """MB the run's folder takes on disk, in all and in checkpoints (reported in the run's summary)."""
+    def size(p: Path) -> int:
+        return sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) if p.exists() else 0
+    mb = lambda n: round(n / 2**20, 1)   # noqa: E731
+    return {"total_mb": mb(size(out_dir)), "checkpoints_mb": mb(size(out_dir / "checkpoints")),
+            "checkpoints": len(checkpoint_dirs(out_dir))}
+
+
+RESUMABLE_CHANGES = ("output_dir", "train.save_every", "train.log_every", "train.save_total_limit")
 
 
 def check_resumable(out_dir: Path, dataset_ref: str, recipe: dict, allowed: tuple[str, ...] = RESUMABLE_CHANGES) -> None:

@@ -59,6 +59,8 @@ class TrainSection(_Section):
     token_budget: int | None = Field(None, ge=64, description="padded tokens per forward(+backward) sub-batch; "
                                      "None = auto (GPU: from free memory, usually the whole micro-batch; CPU: 1024)")
     save_every: int = Field(0, ge=0, description="checkpoint every N steps (0 = only at the end)")
+    save_total_limit: int | None = Field(None, ge=1, description="checkpoints kept (the newest; None = all); "
+                                         "optimizer state is kept in the newest only (what resume needs)")
     log_every: int = Field(1, ge=1)
 
     @model_validator(mode="after")

@@ -14,6 +14,7 @@ from rich.console import Console
 from prefdata.errors import PrefdataError, RecipeError
 from training.batches import RefStore
 from training.budget import resolve_token_budget
+from training.checkpointing import disk_use
 from training.data import (
     LIST_REF,
     PAIR_REF,
@@ -255,4 +256,5 @@ def train_from_recipe(recipe_path: str | Path, *, catalog_path: str | Path | Non
     if eval_set is not None:   # read back: a resumed run's last eval may predate the resume
         result["eval"] = last_eval_row(out_dir / "metrics.jsonl")
     (out_dir / "run.json").write_text(json.dumps(result, indent=2, default=str))
+    result["disk"] = disk_use(out_dir)   # after run.json, so it counts everything the run wrote
     return result
