@@ -300,8 +300,11 @@ def run_recipe(recipe_path: Path | str | None, catalog, *, engine: str = "local"
                                         table.num_rows, n_parts)
     from catalog.hashing import content_hash
 
-    if _same_build(cat, recipe.name, config_sha, inputs, content_hash(table)):
-        version, written, verb = _latest(cat, recipe.name)["version"], False, "unchanged"
+    same = identical_build(cat, recipe.name, config_sha, inputs, content_hash(table))
+    if same is not None:
+        latest = _latest(cat, recipe.name)["version"]
+        version, written = same, False
+        verb = "unchanged" if same == latest else "unchanged: identical to"   # an older version, not the latest
     else:
         version, written, verb = cat.write(recipe.name, table, message=message, lineage=lineage), True, "wrote"
     shutil.rmtree(step_work, ignore_errors=True)
@@ -370,6 +373,19 @@ def _lineage(recipe: Recipe, source: _Source, reports: list[StepReport], file: s
                "rows_in": reports[0].rows_in, "rows_kept": rows_kept, "rows_dropped": drops, "drops": drops,
                "rows_out": rows_out}
     return inputs, message, lineage
+
+
+def identical_build(cat, name: str, config_sha: str, inputs: list[str], chash: str) -> int | None:
+    """The newest version of `name` that already holds this build (same recipe config, same inputs, same rows),
+    whichever version is latest: a reference pass or another build after it does not make a rebuild new."""
+    if name not in cat.names():
+        return None
+    for v in reversed(cat.versions(name)):
+        if v.get("content_hash") == chash:
+            lin = cat.lineage(name, v["version"])
+            if lin.get("config_sha256") == config_sha and lin.get("inputs") == inputs:
+                return int(v["version"])
+    return None
 
 
 def _same_build(cat, name: str, config_sha: str, inputs: list[str], chash: str | None) -> bool:
