@@ -1,6 +1,7 @@
 """Build runner: a recipe + a catalog -> one new catalog version, with lineage.
 
-source (catalog dataset, or a file ingested and stored as `<name>-source`) -> steps in order -> the
+source (catalog dataset, or a file ingested and stored as `<name>-source`, or shared with another recipe's
+ingested source holding the same rows) -> steps in order -> the
 contract check and the row-accounting identity after every step -> one `cat.write`. Nothing is written
 until every step has succeeded, so a failed build leaves no version behind (the file source too is
 stored only once the build has succeeded, and only when its content differs from the latest stored
@@ -129,7 +130,9 @@ def _load_source(recipe: Recipe, cat) -> _Source:
                       media_dir=Path(root) if root is not None else None)
     name = f"{recipe.name}-source"
     latest = _latest(cat, name)
-    same = latest is not None and latest.get("content_hash") == content_hash(res.table)
+    chash = content_hash(res.table)
+    same = latest is not None and latest.get("content_hash") == chash
+    shared = None if same else shared_source(cat, chash)
     dropped = sum(res.drops.values())
     prompts = pc.count_distinct(res.table.column("prompt_id")).as_py() if res.table.num_rows else 0
     line = f"{res.format} {path.name} ({prompts:,} prompts) → {res.table.num_rows:,} {res.kind} rows"
@@ -137,8 +140,22 @@ def _load_source(recipe: Recipe, cat) -> _Source:
     lineage = {"builder": "ingest", "format": res.format, "source": str(path), "config":
                {"format": res.format, "mapping": src.mapping or {}, "carry": src.carry or []}, "rows_in": res.rows_in,
                "rows_kept": res.rows_in - dropped, "rows_dropped": dict(res.drops), "info": res.info}
+    if shared is not None:   # another recipe's ingest of the same rows: used as is, not stored again
+        line += f" · same rows as {shared[0]}@{shared[1]} (shared, not copied)"
+        return _Source(res.table, res.kind, shared[0], shared[1], line, lineage, rows=res.table.num_rows)
     return _Source(res.table, res.kind, name, latest["version"] if same else None, line, lineage,
                    rows=res.table.num_rows)
+
+
+def shared_source(cat, chash: str) -> tuple[str, int] | None:
+    """An ingested source already in the catalog with exactly these rows (content hash), from any recipe: a
+    recipe reading the same file shares it instead of storing a copy as its own `<name>-source`."""
+    for name in cat.names():
+        if name.endswith("-source"):
+            for v in reversed(cat.versions(name)):
+                if v.get("content_hash") == chash:
+                    return name, int(v["version"])
+    return None
 
 
 def _step_runner(engine: str):

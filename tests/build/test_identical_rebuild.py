@@ -32,3 +32,14 @@ def test_rebuild_matches_an_older_version(tmp_path):
     changed.write_text(DEFAULT_RECIPE.read_text().replace("min_margin: 1", "min_margin: 2")
                        .replace("../data/", str(DEFAULT_RECIPE.parent.parent / "data") + "/"))
     assert run_recipe(changed, cat, progress=False).version == 3
+
+
+def test_recipes_reading_the_same_file_share_one_ingested_source(tmp_path):
+    cat = Catalog.open(tmp_path / "cat")
+    run_recipe(None, cat, progress=False)
+    bvw = DEFAULT_RECIPE.parent / "arena_best_vs_worst.yaml"
+    res = run_recipe(bvw, cat, progress=False)
+    assert res.inputs == ["arena-curry-source@1"] and not res.source_version_written
+    assert cat.names() == ["arena-best-vs-worst", "arena-curry", "arena-curry-source"]
+    again = run_recipe(bvw, cat, progress=False)
+    assert (again.version, again.written, again.inputs) == (1, False, ["arena-curry-source@1"])
