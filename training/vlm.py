@@ -46,6 +46,9 @@ class VlmBatch:
 
 
 def load_image(paths: MediaPaths, uri: str) -> Image.Image:
+    from training.vlm_video import is_frame_uri, load_frame
+    if is_frame_uri(uri):   # a frame sampled from a video pair's clip (vlm_video.py)
+        return load_frame(paths, uri)
     p = paths.resolve(uri)
     try:
         with Image.open(p) as im:
@@ -54,10 +57,12 @@ def load_image(paths: MediaPaths, uri: str) -> Image.Image:
         raise IngestError(str(p), f"cannot read image: {e}") from None
 
 
-def encode_prompt(processor, row: dict, paths: MediaPaths, image_text: str | None = None) -> dict:
-    """The processor's output for one row's prompt and images (image placeholders expanded)."""
+def encode_prompt(processor, row: dict, paths: MediaPaths, image_text: str | None = None,
+                  images: str = "images") -> dict:
+    """The processor's output for one row's prompt and images (image placeholders expanded). `images`: the
+    column of images, `images_rejected` for the rejected side of a video pair (vlm_video.py)."""
     prompt = row["prompt"] if image_text is None else row["prompt"].replace(PLACEHOLDER, image_text)
-    imgs = [load_image(paths, u) for u in row["images"]]
+    imgs = [load_image(paths, u) for u in row[images]]
     return processor(text=[prompt], images=imgs, return_tensors="pt", add_special_tokens=False)
 
 
@@ -72,9 +77,12 @@ def collate_pairs(processor, rows: list[dict], paths: MediaPaths, *, max_length:
     prompt/response boundary is exact (no re-tokenization across it)."""
     tok = processor.tokenizer
     encs = [encode_prompt(processor, r, paths, image_text) for r in rows]
+    # video pairs: the rejected side sees the rejected clip's frames (same prompt, same number of images)
+    encs_r = [encode_prompt(processor, r, paths, image_text, "images_rejected") if r.get("images_rejected") else e
+              for r, e in zip(rows, encs, strict=True)]
     seqs, resp = [], []
-    for side in ("chosen", "rejected"):
-        for r, enc in zip(rows, encs, strict=True):
+    for side, side_encs in (("chosen", encs), ("rejected", encs_r)):
+        for r, enc in zip(rows, side_encs, strict=True):
             p_ids, r_ids = enc["input_ids"][0].tolist(), response_ids(tok, r[side])
             if len(p_ids) + len(r_ids) > max_length:
                 raise SchemaError(f"pair {r.get('prompt_id', '?')}: prompt+response is {len(p_ids) + len(r_ids)} "
@@ -86,20 +94,19 @@ def collate_pairs(processor, rows: list[dict], paths: MediaPaths, *, max_length:
     ids = torch.tensor([s + [pad] * (L - len(s)) for s in seqs])
     att = torch.tensor([[1] * len(s) + [0] * (L - len(s)) for s in seqs])
     rm = torch.tensor([m + [False] * (L - len(m)) for m in resp])
-    # the images of the chosen rows, then the same images again for the rejected rows (sequence order)
-    pix = torch.cat([e["pixel_values"] for e in encs])
+    # the images of the chosen rows, then those of the rejected rows (the same ones, but for video pairs)
+    both = encs + encs_r
+    pix = torch.cat([e["pixel_values"] for e in both])
     extra = {}
     for k in encs[0]:
         if k in ("input_ids", "attention_mask", "pixel_values", "token_type_ids"):
             continue
-        if all(e[k].dim() == 2 and e[k].shape == e["input_ids"].shape for e in encs):
+        if all(e[k].dim() == 2 and e[k].shape == e["input_ids"].shape for e in both):
             # per-token (e.g. Qwen2-VL's mm_token_type_ids): response and padding tokens are text, 0
-            per_row = [e[k][0] for e in encs] * 2
-            extra[k] = torch.stack([torch.nn.functional.pad(v, (0, L - len(v))) for v in per_row])
+            extra[k] = torch.stack([torch.nn.functional.pad(e[k][0], (0, L - e[k].shape[1])) for e in both])
         else:   # per-image (e.g. image_grid_thw)
-            v = torch.cat([e[k] for e in encs])
-            extra[k] = torch.cat([v, v])
-    return VlmBatch(ids, att, rm, torch.cat([pix, pix]), extra)
+            extra[k] = torch.cat([e[k] for e in both])
+    return VlmBatch(ids, att, rm, pix, extra)
 
 
 def _base(model: nn.Module) -> nn.Module:

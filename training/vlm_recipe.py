@@ -53,6 +53,8 @@ class VlmSection(_Section):
     media_root: str | None = Field(None, description="where media/<sha256> URIs live (default: the catalog "
                                                      "directory, or the dataset file's folder)")
     base_dir: str | None = Field(None, description="other relative image URIs (default: media_root)")
+    num_frames: int = Field(8, ge=1, description="video pairs (video_chosen/video_rejected): frames sampled "
+                                                 "uniformly from each clip, the images of the conversation")
     trust_remote_code: bool = False
 
 
@@ -131,12 +133,21 @@ def is_vlm_recipe(path: str | Path) -> bool:
     return isinstance(data, dict) and "vlm" in data
 
 
+def is_video_table(columns) -> bool:
+    """PaMi-VDPO video pairs (video_chosen/video_rejected, no images): trained on frames (vlm_video.py)."""
+    return {"video_chosen", "video_rejected"} <= set(columns) and "images" not in columns
+
+
 def check_vlm_dataset(recipe: VlmRecipe, columns: list[str], *, file: str | None = None) -> None:
+    from training.vlm_video import VIDEO_COLUMNS
     spec, params = recipe.loss_spec()
-    missing = [c for c in VLM_COLUMNS if c not in columns]
+    need = VIDEO_COLUMNS if is_video_table(columns) else VLM_COLUMNS
+    missing = [c for c in need if c not in columns]
     if missing:
         raise RecipeError(f"{recipe.dataset} lacks column(s) {', '.join(missing)}; VLM training needs "
-                          f"{', '.join(VLM_COLUMNS)} (as the mia_dpo builder writes them)", path="dataset", file=file)
+                          f"{', '.join(VLM_COLUMNS)} (as the mia_dpo builder writes them) or "
+                          f"{', '.join(VIDEO_COLUMNS)} (video pairs, as video_augment writes them)", path="dataset",
+                          file=file)
     if recipe.reference_source(columns) == "dataset" and not set(PAIR_REF) <= set(columns):
         raise RecipeError(f"reference.source dataset needs the {', '.join(PAIR_REF)} columns; {recipe.dataset} has "
                           "none (use copy, adapters or precompute)", path="reference.source", file=file)

@@ -52,7 +52,8 @@ from training.vlm import (
     encode_prompt,
     response_ids,
 )
-from training.vlm_recipe import VLM_COLUMNS, VlmRecipe, load_vlm_recipe
+from training.vlm_recipe import VLM_COLUMNS, VlmRecipe, is_video_table, load_vlm_recipe
+from training.vlm_video import VIDEO_COLUMNS, video_pair_row
 
 # ---------------------------------------------------------------- data
 
@@ -88,7 +89,10 @@ def load_vlm_data(ds: DatasetHandle, recipe: VlmRecipe, processor, paths: MediaP
     exactly as training will encode it."""
     t = ds.table
     extra = [c for c in ("prompt_id", "stage", "weight", "margin", "pref_alpha", *PAIR_REF) if c in t.column_names]
-    table = t.select(list(VLM_COLUMNS) + extra).to_pylist()
+    video = is_video_table(t.column_names)
+    table = t.select(list(VIDEO_COLUMNS if video else VLM_COLUMNS) + extra).to_pylist()
+    if video:   # PaMi-VDPO: frames sampled from each clip become the images of one conversation (vlm_video.py)
+        table = [video_pair_row(r, recipe.vlm.num_frames) for r in table]
     tok, max_len = processor.tokenizer, recipe.train.max_length
     keep: list[int] = []
     dropped: Counter = Counter()
@@ -106,6 +110,8 @@ def load_vlm_data(ds: DatasetHandle, recipe: VlmRecipe, processor, paths: MediaP
             continue
         try:
             n_prompt = encode_prompt(processor, r, paths, recipe.vlm.image_text)["input_ids"].shape[1]
+            if video:
+                encode_prompt(processor, r, paths, recipe.vlm.image_text, "images_rejected")
         except IngestError as e:
             dropped["unreadable image"] += 1
             unreadable.append({"row": i, "column": "images", "file": e.path, "error": str(e).split(": ", 1)[-1]})
