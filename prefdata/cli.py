@@ -431,6 +431,9 @@ def train(
 
     A recipe with a top-level `denoiser:` section trains a diffusion model (Diffusion-DPO family); one with a
     top-level `vlm:` section trains a vision-language model on multi-image pairs (MIA-DPO)."""
+    from training.progress import quiet_library_bars
+
+    quiet_library_bars()
     path = _catalog_path(catalog)
     existed, had_marker = path.exists(), (path / "catalog.json").exists()
     try:

@@ -81,3 +81,13 @@ def counted(label: str, unit: str, *, enabled: bool = True) -> Iterator[Counter]
         counter.advance = advance
         yield counter
     con.print(f"{label}: {counter.note or f'done, {done[0]} {unit}'} in {_took(t0)}")
+
+
+def quiet_library_bars() -> None:
+    """In a log (stderr not a terminal), turn off transformers' tqdm bars ("Loading weights", "Writing model
+    shards"): there they are the only output left and say less than the phase lines above."""
+    import sys
+
+    if not sys.stderr.isatty():
+        from transformers.utils import logging as hf_logging
+        hf_logging.disable_progress_bar()

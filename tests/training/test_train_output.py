@@ -44,6 +44,7 @@ def test_phases_on_stderr_summary_on_stdout_and_in_json(tmp_path, tiny_model_dir
     assert f"reference pass over arena-t@{v1} …" in err
     assert f"reference pass over arena-t@{v1}: done, 4 rows in " in err
     assert "4 of 6 rows trained; dropped 2 prompt fills max_length=96" in err, err
+    assert "Loading weights" not in err and "Writing model shards" not in err   # transformers' bars: off in a log
     run = tmp_path / "run-a"
     assert proc.stdout.splitlines()[0].startswith("trained   2 steps in ")
     assert proc.stdout.splitlines()[0].endswith(f" on arena-t@{v1 + 1}")
