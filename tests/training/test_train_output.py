@@ -56,6 +56,8 @@ def test_phases_on_stderr_summary_on_stdout_and_in_json(tmp_path, tiny_model_dir
                        f"margin {m[-1]['margin']:.4f}"
     assert lines[3:6] == [f"model     {run / 'final'}", f"metrics   {run / 'metrics.jsonl'}",
                           f"run.json  {run / 'run.json'}"]
+    ckpt_mb = round(sum(f.stat().st_size for f in (run / "checkpoints").rglob("*") if f.is_file()) / 2**20, 1)
+    assert lines[6].startswith("disk      ") and lines[6].endswith(f" MB in {run} ({ckpt_mb} MB checkpoints)")
 
     # --json: the same summary; a second run trains on the version with the reference columns and says so
     (tmp_path / "b.yaml").write_text(yaml.safe_dump({**base, "output_dir": str(tmp_path / "run-b")}))
