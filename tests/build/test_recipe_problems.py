@@ -74,3 +74,23 @@ def test_bundled_synth_recipe_fails_before_any_work(tmp_path):
     out = subprocess.run([sys.executable, "-c", code, str(RANKDPO)], capture_output=True, text=True, env=env,
                          timeout=120)
     assert out.stdout.strip() == "False", out.stderr
+
+
+def test_iterate_recipe_checks_every_model_but_the_policy(tmp_path):
+    """An iterate recipe's generate models and step models are checked when it is parsed; `path: policy` is the
+    round's policy (written by the run) and is not."""
+    from prefdata.iterate_recipe import parse_iterate_recipe
+
+    data = {
+        "name": "it", "output_dir": "out", "rounds": 1, "policy": {"path": "m"},
+        "prompts": {"source": {"path": "p.jsonl", "format": "prompts"}, "per_round": 4, "fresh": True},
+        "generate": {"n": 2, "models": [{"name": "policy", "path": "policy"}, {"name": "other", "path": "gone"}]},
+        "steps": [{"score": {"scorers": [{"kind": "judge", "name": "j", "model": {"name": "j", "path": "policy"}}],
+                             "set_score": "j"}},
+                  {"pairs": {"strategy": "best_vs_worst"}}],
+        "train": {"loss": {"name": "dpo_sigmoid", "beta": 0.1}, "train": {"batch_size": 2}},
+    }
+    with pytest.raises(RecipeError) as e:
+        parse_iterate_recipe(data, file=tmp_path / "it.yaml")
+    assert str(e.value).startswith(f"{tmp_path / 'it.yaml'}: generate.models[1].path: model path 'gone' does not "
+                                   f"exist (looked at {tmp_path / 'gone'})")
