@@ -63,8 +63,9 @@ def write_checkpoint(acc, out_dir: Path, step: int, state: dict, extra: dict | N
             shutil.rmtree(old)
         else:
             tmp.replace(final)  # atomic: a checkpoint dir either is complete or does not exist
-        keep = ((state.get("recipe") or {}).get("train") or {}).get("save_total_limit")
-        prune_checkpoints(out_dir, keep=keep)
+        train = (state.get("recipe") or {}).get("train") or {}
+        prune_checkpoints(out_dir, keep=train.get("save_total_limit"),
+                          optimizer_everywhere=train.get("optimizer_state") == "all")
     acc.wait_for_everyone()
     return final
 
@@ -73,15 +74,16 @@ def write_checkpoint(acc, out_dir: Path, step: int, state: dict, extra: dict | N
 OPTIMIZER_FILES = ("optimizer*.bin", "optimizer*.safetensors", "optimizer*.pt")
 
 
-def prune_checkpoints(out_dir: Path, keep: int | None = None) -> list[Path]:
+def prune_checkpoints(out_dir: Path, keep: int | None = None, *, optimizer_everywhere: bool = False) -> list[Path]:
     """Retention after a checkpoint is written: only the newest keeps its optimizer state (resume starts from it;
     an older checkpoint stays a loadable model: weights, RNG and trainer state); with `keep`, only the newest
-    `keep` checkpoints are kept at all. Returns the checkpoints removed."""
+    `keep` checkpoints are kept at all; `optimizer_everywhere` (train.optimizer_state: all) keeps every optimizer
+    state. Returns the checkpoints removed."""
     ckpts = checkpoint_dirs(out_dir)
     removed = ckpts[:-keep] if keep else []
     for d in removed:
         shutil.rmtree(d)
-    for d in ckpts[len(removed):-1]:
+    for d in ckpts[len(removed):-1] if not optimizer_everywhere else []:
         for pattern in OPTIMIZER_FILES:
             for f in d.glob(pattern):
                 f.unlink()
@@ -97,7 +99,8 @@ def disk_use(out_dir: Path) -> dict:
             "checkpoints": len(checkpoint_dirs(out_dir))}
 
 
-RESUMABLE_CHANGES = ("output_dir", "train.save_every", "train.log_every", "train.save_total_limit")
+RESUMABLE_CHANGES = ("output_dir", "train.save_every", "train.log_every", "train.save_total_limit",
+                     "train.optimizer_state")
 
 
 def check_resumable(out_dir: Path, dataset_ref: str, recipe: dict, allowed: tuple[str, ...] = RESUMABLE_CHANGES) -> None:

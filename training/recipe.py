@@ -61,6 +61,9 @@ class TrainSection(_Section):
     save_every: int = Field(0, ge=0, description="checkpoint every N steps (0 = only at the end)")
     save_total_limit: int | None = Field(None, ge=1, description="checkpoints kept (the newest; None = all); "
                                          "optimizer state is kept in the newest only (what resume needs)")
+    optimizer_state: Literal["latest", "all"] = Field(
+        "latest", description="latest: only the newest checkpoint keeps the optimizer state (resume starts there; "
+        "older ones stay loadable models); all: every checkpoint keeps it (each can be resumed from)")
     log_every: int = Field(1, ge=1)
 
     @model_validator(mode="after")

@@ -90,7 +90,7 @@ def test_loss_falls_on_a_fixed_batch(tmp_path, mia):
 
 
 def _over(source: str) -> dict:
-    over = {"reference": {"source": source}, "train": {"save_every": 2}}
+    over = {"reference": {"source": source}, "train": {"save_every": 2, "optimizer_state": "all"}}
     if source == "adapters":
         over["lora"] = {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]}
         over["train"]["lr"] = 3e-2

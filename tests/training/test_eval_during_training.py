@@ -132,7 +132,7 @@ def test_split_table_trains_train_rows_and_eval_equals_a_separate_forward(tmp_pa
 
 
 def test_eval_leaves_training_bit_identical_and_resume_repeats_no_eval_row(tmp_path, tiny_model_dir, data):
-    common = {"model": tiny_model_dir, "dataset": data["split"], "train": {"max_steps": 4, "save_every": 2}}
+    common = {"model": tiny_model_dir, "dataset": data["split"], "train": {"max_steps": 4, "save_every": 2, "optimizer_state": "all"}}
     plain = train_from_recipe(write_recipe(tmp_path, "plain.yaml", **common))
     with_eval = train_from_recipe(write_recipe(tmp_path, "ev.yaml", eval={"split": "test", "every": 2}, **common))
     a, b = trains(plain["output_dir"]), trains(with_eval["output_dir"])

@@ -179,7 +179,7 @@ def test_kto_training_raises_desirable_over_undesirable(tmp_path, tiny_model_dir
 
 def test_kto_resume_is_exact(tmp_path, tiny_model_dir, files):
     common = {"model": tiny_model_dir, "dataset": files / "pairs.parquet", "reference": {"model": str(tiny_model_dir)},
-              "unpaired": {"from_pairs": True}, "train": {"max_steps": 4, "save_every": 2, "batch_size": 4}}
+              "unpaired": {"from_pairs": True}, "train": {"max_steps": 4, "save_every": 2, "batch_size": 4, "optimizer_state": "all"}}
     r = train_from_recipe(_recipe(tmp_path, "full", **common))
     want = [x["loss"] for x in _metrics(r["output_dir"])]
     assert len(want) == 4 and r["kto_balance"]["within"] and r["rows_trained"] == 24

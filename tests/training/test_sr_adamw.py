@@ -108,7 +108,7 @@ def test_state_dict_resumes_the_same_noise_stream():
 def test_bf16_master_weights_train_and_resume_bit_exactly(tmp_path, tiny_model_dir, hh_pairs):
     pairs = shortest_prompt_pairs(hh_pairs, 8, tmp_path / "pairs8.parquet")  # every step sees the same 8 pairs
     common = {"model": tiny_model_dir, "dataset": pairs, "reference": {"model": str(tiny_model_dir)}}
-    train = {"max_steps": 4, "save_every": 2, "master_weights": "bf16", "lr": 3e-3}
+    train = {"max_steps": 4, "save_every": 2, "optimizer_state": "all", "master_weights": "bf16", "lr": 3e-3}
     res = train_from_recipe(write_recipe(tmp_path, output_dir=tmp_path / "run", train=train, **common))
     first = metrics(Path(res["output_dir"]))
     assert abs(first[0]["loss"] - 0.693147) < 1e-3  # policy == reference (both bf16) at step 1
