@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import pytest
 
 from prefdata.report import write_report
-
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
+from tests.browser_kit import render
 
 
 @pytest.fixture(scope="module")
@@ -51,26 +47,12 @@ def test_report_numbers_match_the_catalog(report_dir):
 
 
 def test_report_renders_in_headless_chromium(report_dir, tmp_path):
-    if not Path(CHROMIUM).exists():
-        pytest.skip("Debian chromium not installed (apt-get install -y chromium)")
     from PIL import Image
-    from playwright.sync_api import sync_playwright
 
     _, _, index = report_dir
-    errors, failed = [], []
     shot = tmp_path / "report.png"
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        page = browser.new_page(viewport={"width": 1100, "height": 900})
-        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.on("requestfailed", lambda r: failed.append(r.url))
-        page.goto(index.as_uri())
-        page.wait_for_load_state("load")
-        n_svg = page.locator("svg").count()
-        title = page.title()
-        page.screenshot(path=str(shot), full_page=True)
-        browser.close()
+    page = render(index, shot)
+    errors, failed, title, n_svg = page.errors, page.failed, page.title, page.counts["svg"]
     assert errors == [] and failed == []
     assert title.startswith("arena-curry@") and n_svg >= 8
     img = Image.open(shot).convert("RGB")

@@ -17,11 +17,9 @@ import pytest
 from prefdata.eval_metrics import bootstrap_ci, length_controlled_win_rate, summarize, win_values
 from prefdata.report import is_eval_row, run_curves, write_report
 from prefdata.schema import conform
+from tests.browser_kit import render
 
 REPO = Path(__file__).resolve().parents[2]
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
 
 WINNERS = ["model", "model", "tie", "baseline", "model", "tie", "baseline", "model"]   # win rate 5/8
 LENGTH = [10, 12, 8, 30, 11, 9, 40, 14]
@@ -194,28 +192,14 @@ def test_cli_reports_a_training_run_dir(tmp_path):
 
 
 def test_eval_report_renders_in_headless_chromium(eval_catalog, tmp_path):
-    if not Path(CHROMIUM).exists():
-        pytest.skip("Debian chromium not installed (apt-get install -y chromium)")
     from PIL import Image
-    from playwright.sync_api import sync_playwright
 
     cat, _, v_stored, _, _, _ = eval_catalog
     index = write_report(cat, f"arena-eval@{v_stored}", tmp_path / "r")
-    errors, failed = [], []
     shot = tmp_path / "eval.png"
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        page = browser.new_page(viewport={"width": 1100, "height": 900})
-        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.on("requestfailed", lambda r: failed.append(r.url))
-        page.goto(index.as_uri())
-        page.wait_for_load_state("load")
-        n_svg = page.locator("svg").count()
-        n_circles = page.locator("svg circle").count()
-        title = page.title()
-        page.screenshot(path=str(shot), full_page=True)
-        browser.close()
+    page = render(index, shot, ("svg", "svg circle"))
+    errors, failed, title = page.errors, page.failed, page.title
+    n_svg, n_circles = page.counts["svg"], page.counts["svg circle"]
     assert errors == [] and failed == []
     # win-rate chart, scorer means, 2 score histograms, lengths, and the checkpoint run's curves (4 charts)
     assert title.startswith("arena-eval@") and n_svg >= 9
