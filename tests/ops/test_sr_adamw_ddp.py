@@ -5,7 +5,6 @@ and giving them different seeds (the control) makes them diverge."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -42,19 +41,16 @@ dist.destroy_process_group()
 '''
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.parametrize("seeds, want", [("same", "EQUAL"), ("per_rank", "DIFFERENT")])
 def test_two_processes_keep_identical_bf16_weights(tmp_path, seeds, want):
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
-                        "127.0.0.1", "--master_port", str(_free_port()), str(script), seeds],
+    # gloo on the loopback device: a CI box's hostname may resolve to an interface the two processes cannot
+    # reach each other on; --standalone lets the launcher pick its own free rendezvous port (no race with the
+    # other xdist worker for a port chosen here)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                        str(script), seeds],
                        env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.returncode == 0, (r.stdout[-2000:], r.stderr[:4000], r.stderr[-2000:])
     assert r.stdout.split()[0] == want, r.stdout
