@@ -5,6 +5,8 @@ are). For the `prompts` kind an empty prompt is bad input and a repeated prompt 
 recorded with its reason in the built dataset's lineage."""
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import polars as pl
 import pyarrow as pa
 
@@ -51,11 +53,19 @@ def _required(df: pl.DataFrame, plan: Plan, p: Problems, cols: tuple[str, ...]) 
     return df
 
 
-def _fill_id(df: pl.DataFrame, col: str, values) -> pl.DataFrame:
-    new = pl.Series(col, values, dtype=pl.String)
-    if col in df.columns:
-        return df.with_columns(pl.col(col).fill_null(new))
-    return df.with_columns(new)
+def _fill_id(df: pl.DataFrame, col: str, make: Callable[[pl.DataFrame], list[str]]) -> pl.DataFrame:
+    """`col` as the source gives it; `make(rows)` computes the ids of the rows without one, and only of those
+    (hashing every text of a source that brings its own ids was most of its ingest time)."""
+    if col not in df.columns:
+        return df.with_columns(pl.Series(col, make(df), dtype=pl.String))
+    missing = df[col].is_null().arg_true()
+    if missing.is_empty():
+        return df
+    return df.with_columns(df[col].scatter(missing, pl.Series(col, make(df[missing]), dtype=pl.String)))
+
+
+def _prompt_ids(df: pl.DataFrame) -> list[str]:
+    return ids.prompt_ids(df["prompt"].to_list())
 
 
 def _duplicates(df: pl.DataFrame, keys: list[str], plan: Plan, p: Problems, *, what: str) -> pl.DataFrame:
@@ -78,7 +88,7 @@ def _prompts(df: pl.DataFrame, plan: Plan, p: Problems) -> pl.DataFrame:
     df = p.reject(df, pl.col("prompt").is_null() | (pl.col("prompt").str.strip_chars() == ""), reason="empty prompt",
                   column=_origin(plan, "prompt"), message="empty or missing prompt (expected non-empty text)")
     given_ids = "prompt_id" in df.columns
-    df = _fill_id(df, "prompt_id", ids.prompt_ids(df["prompt"].to_list()))
+    df = _fill_id(df, "prompt_id", _prompt_ids)
     # one row per prompt: generation steps make N candidates per row, so a repeat would double its samples
     what = "prompt_id" if given_ids else "prompt"
     df = p.reject(df, pl.int_range(pl.len()).over("prompt_id") > 0, reason=f"duplicate {what}", always_drop=True,
@@ -89,8 +99,8 @@ def _prompts(df: pl.DataFrame, plan: Plan, p: Problems) -> pl.DataFrame:
 
 def _responses(df: pl.DataFrame, plan: Plan, p: Problems) -> pl.DataFrame:
     df = _required(df, plan, p, ("prompt", "response"))
-    df = _fill_id(df, "prompt_id", ids.prompt_ids(df["prompt"].to_list()))
-    df = _fill_id(df, "response_id", ids.response_ids(df["prompt_id"].to_list(), df["response"].to_list()))
+    df = _fill_id(df, "prompt_id", _prompt_ids)
+    df = _fill_id(df, "response_id", lambda d: ids.response_ids(d["prompt_id"].to_list(), d["response"].to_list()))
     df = _duplicates(df, ["prompt_id", "response_id"], plan, p, what="response_id")
     if plan.min_responses > 1:
         few = pl.len().over("prompt_id") < plan.min_responses
@@ -103,10 +113,9 @@ def _pairs(df: pl.DataFrame, plan: Plan, p: Problems) -> pl.DataFrame:
     df = _required(df, plan, p, ("prompt", "chosen", "rejected"))
     df = p.reject(df, pl.col("chosen") == pl.col("rejected"), reason="chosen equals rejected", always_drop=True,
                   message="")
-    df = _fill_id(df, "prompt_id", ids.prompt_ids(df["prompt"].to_list()))
-    pids = df["prompt_id"].to_list()
-    df = _fill_id(df, "chosen_id", ids.response_ids(pids, df["chosen"].to_list()))
-    df = _fill_id(df, "rejected_id", ids.response_ids(pids, df["rejected"].to_list()))
+    df = _fill_id(df, "prompt_id", _prompt_ids)
+    df = _fill_id(df, "chosen_id", lambda d: ids.response_ids(d["prompt_id"].to_list(), d["chosen"].to_list()))
+    df = _fill_id(df, "rejected_id", lambda d: ids.response_ids(d["prompt_id"].to_list(), d["rejected"].to_list()))
     df = df.with_columns(pl.concat_str("chosen_id", "rejected_id").alias("_pair_id"))
     df = _duplicates(df, ["prompt_id", "_pair_id"], plan, p, what="pair")
     df = df.drop("_pair_id")
