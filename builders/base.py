@@ -29,6 +29,9 @@ class Built:
     rows_kept: int | None = None             # input rows that made it into the output
     info: dict[str, Any] = field(default_factory=dict)    # step-specific report (stage sizes, agreement, ...)
     summary: str = ""                        # one line for the CLI ("3,912 pairs · 2 prompts all tied")
+    # mixture builds (input has a `source` column): drops by source, then reason (see drops_by_source); the
+    # runner attributes prompt-local steps itself, other dropping steps set this
+    drops_by_source: dict[str, dict[str, int]] | None = None
 
 
 @dataclass
@@ -40,3 +43,19 @@ class StepContext:
     catalog: Any = None                      # catalog.Catalog or None
     seed: int = 0
     progress: bool = True
+
+
+SOURCE = "source"                            # mixture entry name, one per prompt (prefdata/mixture.py)
+
+
+def drops_by_source(frame: pl.DataFrame, reason: str) -> dict[str, dict[str, int]] | None:
+    """{source: {reason: n}} over the rows of `frame` whose `reason` column is not null (the dropped input
+    rows); None when `frame` has no `source` column (not a mixture build)."""
+    if SOURCE not in frame.columns:
+        return None
+    counts = (frame.filter(pl.col(reason).is_not_null()).group_by(SOURCE, reason).len()
+              .sort(SOURCE, reason, nulls_last=True))
+    out: dict[str, dict[str, int]] = {}
+    for src, why, n in counts.iter_rows():
+        out.setdefault(str(src), {})[why] = int(n)
+    return out
