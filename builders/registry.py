@@ -37,6 +37,10 @@ STEPS: dict[str, StepSpec] = {
     "ensemble": StepSpec("builders.ensemble", "EnsembleConfig", "build_ensemble", ("responses",)),
     "codedpo": StepSpec("builders.codedpo", "CodeDPOConfig", "build_codedpo", ("responses",)),
     "split": StepSpec("builders.split", "SplitConfig", "build_split", ("prompts", "responses", "pairs", "lists")),
+    "near_dedup": StepSpec("builders.near_dedup", "NearDedupConfig", "build_near_dedup",
+                           ("prompts", "responses", "pairs", "lists")),
+    "decontaminate": StepSpec("builders.decontaminate", "DecontaminateConfig", "build_decontaminate",
+                              ("prompts", "responses", "pairs", "lists")),
 }
 
 

@@ -70,6 +70,13 @@ def model_path_problems(config: object, where: str, base_dir: Path | None,
             problem = path_problem(value, base_dir, expected)
             if problem:
                 out.append((f"{where}.{name}", problem))
+    # data files a step reads (e.g. decontaminate's benchmark prompts): `data_path_fields() -> {field: expected}`
+    data = config.data_path_fields() if hasattr(config, "data_path_fields") else {}
+    for name, expected in data.items():
+        found = candidate_path(getattr(config, name), base_dir)
+        if not found.exists():
+            out.append((f"{where}.{name}", f"file not found: {os.path.abspath(found)} (a relative path is relative "
+                                           f"to the recipe file's folder); expected {expected}"))
     for name in type(config).model_fields:
         value = getattr(config, name)
         if isinstance(value, (list, tuple)):

@@ -43,9 +43,10 @@ from builders.base import StepContext
 from prefdata.errors import RecipeError, SchemaError
 
 PROMPT_LOCAL = {"rank", "pairs", "lists", "dedup", "filter"}
-# prompt-local once given a small table over ALL prompts (split: each prompt's unit and stratum): the table is
-# collected from every partition first, the step planned once and the plan applied per partition
-KEYED_STEPS = {"split"}
+# prompt-local once given a small table over ALL prompts (split: each prompt's unit and stratum; near_dedup: its
+# LSH band keys and sketch; decontaminate: the prompts that match a benchmark): the table is collected from
+# every partition first, the step planned once and the plan applied per partition
+KEYED_STEPS = {"split", "near_dedup", "decontaminate"}
 ROWS_PER_PARTITION = 1_000_000      # auto: one partition per this many input rows
 RANGE_ROWS = 250_000                # source rows per range of the final ordered pass
 BATCH_ROWS = 65_536                 # rows per batch read from the source
@@ -73,12 +74,29 @@ def is_prompt_local(step: str, cfg: Any) -> bool:
     """The step's result for a prompt depends on that prompt's rows only."""
     if step == "rank" and getattr(cfg, "aggregate", None) == "zscore_mean":
         return False   # z-scores use the mean/std over the whole dataset
+    if step == "near_dedup":
+        return getattr(cfg, "on", None) == "response"    # near-duplicate responses within a prompt
     return step in PROMPT_LOCAL
 
 
 def runs_by_partition(step: str, cfg: Any) -> bool:
     """The step can run partition by partition: prompt-local, or keyed (planned once over all prompts)."""
     return is_prompt_local(step, cfg) or step in KEYED_STEPS
+
+
+def keyed_functions(step) -> tuple | None:
+    """(units(frame, cfg, ctx) -> per-prompt table, plan(units, cfg, ctx) -> plan with .info and .summary,
+    bound(plan) -> step function) of a keyed step, or None. A units table with a PFIRST column (the prompt's
+    first row in the partition) gets the prompt's source row there instead, so "first" means the same in
+    every partitioning."""
+    if step.name not in KEYED_STEPS or is_prompt_local(step.name, step.config):
+        return None
+    if step.name == "split":
+        from builders.split import bound_split, plan_split, prompt_units
+        return (lambda frame, cfg, ctx: prompt_units(frame, cfg)), plan_split, bound_split
+    import importlib
+    mod = importlib.import_module(f"builders.{step.name}")
+    return mod.prompt_units, getattr(mod, f"plan_{step.name}"), getattr(mod, f"bound_{step.name}")
 
 
 def streamable_curriculum(step) -> bool:
@@ -312,12 +330,12 @@ class PartitionedBuild:
         replaced by one applying that plan. Its report (info, summary) is the plan's, as in memory."""
         import dataclasses
 
-        from builders.split import bound_split, plan_split, prompt_units
-
         steps = list(steps)
         for i, step in enumerate(steps):
-            if step.name not in KEYED_STEPS:
+            keyed = keyed_functions(step)
+            if keyed is None:
                 continue
+            prompt_units, plan_step, bound_step = keyed
             units = []
             for p in range(self.P):
                 self.say(f"{step.name}: collecting prompts, partition {p + 1}/{self.P}")
@@ -328,10 +346,13 @@ class PartitionedBuild:
                 for before in steps[:i]:
                     frame, rep = run_one(before, frame.lazy(), k)
                     k = rep.kind
-                units.append(prompt_units(frame.lazy(), step.config))
-            plan = plan_split(pl.concat(units, how="vertical_relaxed"), step.config, ctx)
+                u = prompt_units(frame.lazy(), step.config, ctx)
+                if PFIRST in u.columns:
+                    u = u.drop(PFIRST).join(read[1], on="prompt_id", how="left")
+                units.append(u)
+            plan = plan_step(pl.concat(units, how="vertical_relaxed"), step.config, ctx)
             self.step_reports[i] = (plan.info, plan.summary)
-            steps[i] = dataclasses.replace(step, fn=bound_split(plan))
+            steps[i] = dataclasses.replace(step, fn=bound_step(plan))
         return steps
 
     def _write_spill(self, p: int, out: pl.DataFrame) -> None:
