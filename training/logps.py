@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from prefdata.errors import RecipeError
+from training.attention import packed_attention_inputs
 from training.head_grad import accumulate_head_grads, head_grad_buffers
 from training.seq_kl import chunked_logps_and_kl
 from training.transfer import to_device
@@ -89,7 +90,7 @@ class Packed:
     """A batch of groups laid out for one forward (built by packing.pack_groups)."""
     input_ids: torch.Tensor      # [G, L]
     position_ids: torch.Tensor   # [G, L]
-    attn: torch.Tensor           # shared layout: [G, 1, L, L] bool, True = may attend; rows layout: [G, L] 0/1
+    attn: torch.Tensor | None    # shared: [G, 1, L, L] bool, True = may attend; rows: [G, L] 0/1; packed: None
     src_row: torch.Tensor        # [N] row of the hidden state that predicts each response token
     src_col: torch.Tensor        # [N] column of that hidden state
     targets: torch.Tensor        # [N] the response token ids
@@ -99,6 +100,8 @@ class Packed:
     n_seqs: int
     max_resp: int
     n_tokens: int                # real (non-pad) tokens in the batch
+    cu_seqlens: torch.Tensor | None = None  # packed layout: [S+1] int32 segment boundaries in the one row
+    max_seqlen: int = 0                     # packed layout: the longest segment
 
     def to(self, device) -> Packed:
         kw = {k: (to_device(v, device) if isinstance(v, torch.Tensor) else v) for k, v in self.__dict__.items()}
@@ -172,8 +175,14 @@ class SequenceLogps(nn.Module):
         self.__dict__["reference"] = reference  # bypasses nn.Module registration (see the class doc)
 
     def _hidden(self, lm: nn.Module, b: Packed) -> torch.Tensor:
-        hidden = lm.get_decoder()(input_ids=b.input_ids, attention_mask=block_mask_for(lm, b.attn),
-                                  position_ids=b.position_ids, use_cache=False).last_hidden_state
+        if b.cu_seqlens is None:
+            attn = {"attention_mask": block_mask_for(lm, b.attn)}
+        else:   # packed layout: the segments' pattern in the form the model's attention takes (attention.py)
+            attn = packed_attention_inputs(attn_implementation(lm), b.cu_seqlens, b.max_seqlen, b.n_tokens)
+            if isinstance(attn["attention_mask"], torch.Tensor):   # sdpa / eager: the dense block mask
+                attn["attention_mask"] = block_mask_for(lm, attn["attention_mask"])
+        hidden = lm.get_decoder()(input_ids=b.input_ids, position_ids=b.position_ids, use_cache=False,
+                                  **attn).last_hidden_state
         # index_select (backward = index_add) handles the prompt position shared by every response's first token
         return hidden.flatten(0, 1).index_select(0, b.src_row * hidden.shape[1] + b.src_col)
 

@@ -220,6 +220,7 @@ class Trainer(StepLoop):
         self.layout = resolve_layout(t.layout, device=self.acc.device, kind=s.data.kind,
                                      attn_impl=attn_implementation(s.lm))
         s.info["layout"] = self.layout
+        s.info["attention"] = attn_implementation(s.lm)
         self.micro = UnpairedMicro(self) if s.data.kind == "unpaired" else self  # KTO: z0 first (unpaired.py)
 
     # -- one micro-batch ------------------------------------------------------------------------------

@@ -13,6 +13,11 @@ block mask keeps SDPA on the slower masked kernels. For pairs (K = 2) sharing sa
 tokens; for a listwise K it saves up to (K-1)/K of the prompt work, so the layout is a per-run choice
 (`LAYOUTS`, picked by the trainer).
 
+`pack_packed` is the padding-free layout: the rows layout's `[prompt | response_k]` sequences back to back in ONE
+row with no pad token, position ids restarting at 0 in each, and the segment boundaries for the attention
+(attention.py: fused varlen kernels on a GPU, a block-diagonal causal mask for SDPA/eager). Its token budget
+counts real tokens.
+
 `split_by_tokens` cuts a batch into length-sorted sub-batches under a padded-token budget, so long and short
 rows are not padded to each other (padding-free in effect; results are concatenated back in order).
 """
@@ -24,7 +29,7 @@ from training.encode import Group
 from training.logps import Packed
 
 PROMPT, PAD = 0, -1  # segment ids; responses are 1..K
-LAYOUTS = ("shared", "rows")
+LAYOUTS = ("shared", "rows", "packed")
 
 
 def pack_groups(groups: list[Group], pad_id: int, *, pad_to_multiple: int = 1) -> Packed:
@@ -95,6 +100,31 @@ def pack_rows(groups: list[Group], pad_id: int, *, pad_to_multiple: int = 1) -> 
                   max_resp=max(len(r) for _, r in rows), n_tokens=int(mask.sum()))
 
 
+def pack_packed(groups: list[Group], pad_id: int | None = None) -> Packed:
+    """Padding-free: every response's `[prompt | response_k]` segment back to back in ONE row `[1, N]`, N = the
+    real tokens, position ids restarting at 0 in each segment and the boundaries in `cu_seqlens`, so attention
+    stays inside a segment (attention.py: varlen / flex / flash kernels, or a block-diagonal mask). Each segment is
+    the rows layout's row without its padding, so the log-probs are the rows layout's. `pad_id` is unused."""
+    prompts = [g.prompt_ids for g in groups for _ in g.response_ids]
+    resps = [r for g in groups for r in g.response_ids]
+    P = torch.tensor([len(x) for x in prompts])
+    M = torch.tensor([len(r) for r in resps])
+    seg = P + M
+    start = seg.cumsum(0) - seg
+    N, n_resp = int(seg.sum()), int(M.sum())
+    ids = torch.tensor([t for p, r in zip(prompts, resps, strict=True) for part in (p, r) for t in part])
+    pos = torch.arange(N) - start.repeat_interleave(seg, output_size=N)
+    seq = torch.arange(len(resps)).repeat_interleave(M, output_size=n_resp)
+    tok_pos = torch.arange(n_resp) - (M.cumsum(0) - M).repeat_interleave(M, output_size=n_resp)
+    # token j of response s is predicted by the position before it: segment start + prompt length - 1 + j
+    src_col = (start + P - 1).repeat_interleave(M, output_size=n_resp) + tok_pos
+    return Packed(input_ids=ids[None], position_ids=pos[None], attn=None, src_row=torch.zeros_like(src_col),
+                  src_col=src_col, targets=ids[src_col + 1], seq=seq, tok_pos=tok_pos, counts=M,
+                  n_seqs=len(resps), max_resp=int(M.max()), n_tokens=N,
+                  cu_seqlens=torch.cat([torch.zeros(1, dtype=torch.long), seg.cumsum(0)]).to(torch.int32),
+                  max_seqlen=int(seg.max()))
+
+
 def resolve_layout(requested: str, *, device, kind: str, attn_impl: str) -> str:
     """`auto`: rows for pairs (and unpaired rows) on a GPU, where a causal row keeps SDPA on its fused kernels and
     sharing saves at most a third of the tokens; shared for lists (it saves up to (K-1)/K of the prompt work) and
@@ -111,19 +141,26 @@ def pack(groups: list[Group], pad_id: int, layout: str = "shared") -> Packed:
         return pack_groups(groups, pad_id)
     if layout == "rows":
         return pack_rows(groups, pad_id)
+    if layout == "packed":
+        return pack_packed(groups)
     raise ValueError(f"unknown layout {layout!r}; expected one of {LAYOUTS}")
 
 
 def padded_cost(g: Group, layout: str) -> tuple[int, int]:
-    """(rows, longest row) a group occupies in a layout."""
+    """(rows, longest row) a group occupies in a layout (packed: one row of its real tokens)."""
+    if layout == "packed":
+        return 1, len(g.prompt_ids) * len(g.response_ids) + sum(len(r) for r in g.response_ids)
     if layout == "rows":
         return len(g.response_ids), len(g.prompt_ids) + max(len(r) for r in g.response_ids)
     return 1, g.n_tokens
 
 
 def split_by_tokens(groups: list[Group], token_budget: int, layout: str = "shared") -> list[list[int]]:
-    """Indices of `groups` in sub-batches: sorted by length, each with rows * max_len <= budget (>= 1 group)."""
+    """Indices of `groups` in sub-batches: sorted by length, each with rows * max_len <= budget (>= 1 group).
+    Packed: groups in order, each sub-batch one row of <= budget REAL tokens (there is no padding to count)."""
     cost = [padded_cost(g, layout) for g in groups]
+    if layout == "packed":
+        return _fill_in_order([c[1] for c in cost], token_budget)
     order = sorted(range(len(groups)), key=lambda i: cost[i][1], reverse=True)
     parts: list[list[int]] = []
     cur: list[int] = []
@@ -135,6 +172,22 @@ def split_by_tokens(groups: list[Group], token_budget: int, layout: str = "share
             cur, n_rows = [], 0
         cur.append(i)
         n_rows += cost[i][0]
+    if cur:
+        parts.append(cur)
+    return parts
+
+
+def _fill_in_order(tokens: list[int], budget: int) -> list[list[int]]:
+    """Consecutive runs of indices whose token counts sum to <= budget (a longer single item stands alone)."""
+    parts: list[list[int]] = []
+    cur: list[int] = []
+    n = 0
+    for i, t in enumerate(tokens):
+        if cur and n + t > budget:
+            parts.append(cur)
+            cur, n = [], 0
+        cur.append(i)
+        n += t
     if cur:
         parts.append(cur)
     return parts

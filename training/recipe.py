@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from prefdata.errors import PrefdataError, RecipeError
+from training.attention import ATTENTION_CHOICES
 from training.data import (
     LIST_REF,
     PAIR_REF,
@@ -46,18 +47,25 @@ class TrainSection(_Section):
     max_grad_norm: float | None = Field(1.0, gt=0)
     seed: int = 0
     grad_checkpointing: bool = False
-    layout: Literal["auto", "shared", "rows"] = Field(
+    layout: Literal["auto", "shared", "rows", "packed"] = Field(
         "auto", description="shared: each prompt encoded once, responses behind a block mask; rows: one causal row "
-        "per response (prompt repeated; what fused attention kernels run natively); auto: rows for pairs on a GPU, "
-        "shared otherwise (lists, CPU)")
+        "per response (prompt repeated; what fused attention kernels run natively); packed: the rows' sequences "
+        "back to back in one row with no padding, attention confined to each (training/attention.py); auto: rows "
+        "for pairs on a GPU, shared otherwise (lists, CPU)")
+    attention: Literal[ATTENTION_CHOICES] = Field(
+        "auto", description="attention implementation: auto = varlen for the packed layout on a GPU (flex "
+        "attention where torch has no varlen kernel), otherwise the model's own (SDPA); varlen: torch's fused "
+        "varlen FlashAttention (packed layout only); sdpa / eager / flex_attention / flash_attention_2|3: "
+        "transformers' implementations")
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"   # auto: bf16 on a GPU, fp32 on CPU
     master_weights: Literal["fp32", "bf16"] = Field(
         "fp32", description="fp32: weights, gradients and AdamW moments in fp32 (16 bytes per trained parameter; "
         "bf16 compute under autocast); bf16: all of them in bf16 (8 bytes), the AdamW update written back with "
         "stochastic rounding so small steps are not lost (training/sr_adamw.py)")
     logp_chunk: int | None = Field(None, ge=1, description="positions per LM-head chunk; None = auto")
-    token_budget: int | None = Field(None, ge=64, description="padded tokens per forward(+backward) sub-batch; "
-                                     "None = auto (GPU: from free memory, usually the whole micro-batch; CPU: 1024)")
+    token_budget: int | None = Field(None, ge=64, description="padded tokens per forward(+backward) sub-batch "
+                                     "(packed layout: real tokens per packed row); None = auto (GPU: from free "
+                                     "memory, usually the whole micro-batch; CPU: 1024)")
     save_every: int = Field(0, ge=0, description="checkpoint every N steps (0 = only at the end)")
     save_total_limit: int | None = Field(None, ge=1, description="checkpoints kept (the newest; None = all); "
                                          "optimizer state is kept in the newest only (what resume needs)")
@@ -65,6 +73,16 @@ class TrainSection(_Section):
         "latest", description="latest: only the newest checkpoint keeps the optimizer state (resume starts there; "
         "older ones stay loadable models); all: every checkpoint keeps it (each can be resumed from)")
     log_every: int = Field(1, ge=1)
+
+    @model_validator(mode="after")
+    def _attention_fits_layout(self):
+        if self.attention == "varlen" and self.layout != "packed":
+            raise ValueError("attention varlen takes segment boundaries, not a mask: it runs the packed layout "
+                             "only (set layout: packed)")
+        if self.layout == "shared" and self.attention not in ("auto", "sdpa", "eager"):
+            raise ValueError(f"the shared layout needs a 4-D block mask, which {self.attention} does not take: "
+                             "use layout rows or packed")
+        return self
 
     @model_validator(mode="after")
     def _precision_pair(self):

@@ -12,6 +12,7 @@ import torch
 from rich.console import Console
 
 from prefdata.errors import PrefdataError, RecipeError
+from training.attention import set_attention
 from training.batches import RefStore
 from training.budget import resolve_token_budget
 from training.checkpointing import disk_use
@@ -70,6 +71,12 @@ def _device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
+def use_attention(lm, recipe: TrainRecipe) -> str:
+    """`train.attention` on a loaded model (policy, reference, online reference alike: the reference log-probs
+    must come from the same attention as training's)."""
+    return set_attention(lm, recipe.train.attention, layout=recipe.train.layout, device=_device())
+
+
 STARTING_POLICY_NOTE = "the recipe sets no reference: the reference is the starting policy ({model})"
 
 
@@ -91,6 +98,7 @@ def prepare_reference(recipe: TrainRecipe, spec, ds, lm, tok, out_dir: Path, opt
         with phase(f"loading reference model {model_id}", enabled=show):
             ref_lm = load_model(model_id, trust_remote_code=recipe.trust_remote_code,
                                 dtype=recipe.train.weights_dtype())[0]
+        use_attention(ref_lm, recipe)
     else:
         ref_lm = lm
     ref_lm.to(_device())
@@ -134,6 +142,7 @@ def online_reference_model(recipe: TrainRecipe, spec, lm):
         return ADAPTERS_OFF
     ref = load_model(recipe.reference.model, trust_remote_code=recipe.trust_remote_code,
                      dtype=recipe.train.weights_dtype())[0]
+    use_attention(ref, recipe)
     return ref.to(_device()).eval().requires_grad_(False)
 
 
@@ -149,6 +158,7 @@ def _prepare(recipe: TrainRecipe, spec, ds, out_dir: Path, eval_ds: DatasetHandl
     with phase(f"loading model {recipe.model}", enabled=show):
         lm, tok = load_model(recipe.model, trust_remote_code=recipe.trust_remote_code, tokenizer=recipe.tokenizer,
                              dtype=recipe.train.weights_dtype(), gguf_file=recipe.gguf_file)
+    use_attention(lm, recipe)   # before the reference pass, which must run the attention training runs
     options = data_options(recipe)
     options.template(tok)  # chat_template: true without a template fails here, before any reference pass
     ds, ref_status, eval_ds = prepare_reference(recipe, spec, ds, lm, tok, out_dir, options, eval_ds, show=show)
