@@ -137,7 +137,7 @@ def _read(spec: BenchmarkSpec, path: Path) -> pl.DataFrame:
         if df[col].null_count():
             raise SchemaError(f"benchmark {spec.name!r}: column {what!r} is null", column=what,
                               row=int(df[col].is_null().arg_true()[0]) + 1, source=str(path))
-    dup = df["id"].is_duplicated()
+    dup = ~df["id"].is_first_distinct()
     if dup.any():
         first = int(dup.arg_true()[0])
         raise SchemaError(f"benchmark {spec.name!r}: item id {df['id'][first]!r} appears more than once",
