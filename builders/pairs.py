@@ -18,19 +18,41 @@ partitioning, the process or the polars version.
 Margins are rounded to 12 decimals before any comparison, so 0.9 - 0.7 counts as 0.2 (not
 0.20000000000000007) and a min_margin of 0.2 behaves as written.
 
+Length control (builders/length_bias.py defines lengths in characters, the ratio and the counts):
+  length_balance: {max_ratio: r}  a candidate that passes the margin test is *eligible* only when its
+                 chosen/rejected length ratio is <= r; max_pairs_per_prompt then picks among eligible pairs.
+  balance_longer: true  makes the pairs whose chosen is longer (L) and those whose chosen is shorter (S) equal in
+                 number, as even as the data allows; equal-length pairs are neutral and always kept:
+                 1. over all eligible pairs, the smaller of L and S is the minority (none when equal);
+                 2. with max_pairs_per_prompt, each prompt takes its pairs in the order (minority first, then
+                    equal-length, then majority; inside a class the usual `select` order), so the cap keeps as
+                    many minority pairs as it can;
+                 3. of the pairs kept so far, the larger class is cut to the size of the smaller: its pairs are
+                    ranked by (their rank inside their prompt in the `select` order, the seeded pair key,
+                    prompt_id, chosen_id, rejected_id) and the first |smaller| are kept, so every prompt keeps
+                    one pair of the larger class before any prompt keeps a second.
+                 The result has exactly as many chosen-longer as chosen-shorter pairs (none of either when one
+                 class is empty). Step 1 and 3 look at every prompt, so a recipe with balance_longer runs in
+                 memory (not by partitions); everything else stays prompt-local.
+The step's info has the length-bias counts of its output pairs (chosen_longer, chosen_shorter, equal_length,
+length_ratio_sum, length_ratio_pairs; they add up over partitions) and, with the options, the pairs each
+one removed (pairs_over_max_ratio, pairs_removed_by_balance).
+
 Accounting is per input response: kept = appears in >= 1 pair; every other response gets exactly one
 reason (first that applies): score is null/NaN, duplicate response text, prompt has < 2 responses,
-tied with every other response, not selected (<strategy>), not selected (max_pairs_per_prompt),
-below min_margin, tied with its candidate partners."""
+tied with every other response, not selected (<strategy>), not selected (balance_longer), not selected
+(max_pairs_per_prompt), chosen/rejected length ratio above max_ratio, below min_margin, tied with its
+candidate partners. In a mixture build (a `source` column) the drops are also counted by source."""
 from __future__ import annotations
 
 from typing import ClassVar, Literal
 
 import numpy as np
 import polars as pl
-from pydantic import Field
+from pydantic import Field, model_serializer
 
-from builders.base import Built, StepConfig, StepContext
+from builders import length_bias
+from builders.base import SOURCE, Built, StepConfig, StepContext, drops_by_source
 from builders.rank import ROW, count_reasons, missing_reason, prompt_key, run_starts
 from builders.stable_hash import combine, seeded_hash, to_unit
 from prefdata.errors import SchemaError
@@ -49,6 +71,15 @@ RENAMED = {"response": ("chosen", "rejected"), "response_id": ("chosen_id", "rej
            "score": ("score_chosen", "score_rejected")}
 
 
+class LengthBalance(StepConfig):
+    max_ratio: float = Field(gt=0, allow_inf_nan=False)     # drop pairs whose chosen/rejected length ratio is above
+
+
+# options added after recipes were hashed: at their defaults they are left out of the dumped config, so the
+# config hash (and identical-rebuild detection) of every earlier recipe stays as it was
+LATER_OPTIONS = {"length_balance": None, "balance_longer": False}
+
+
 class PairsConfig(StepConfig):
     output_kind: ClassVar[str | None] = "pairs"
     strategy: Strategy = "all_pairs"
@@ -60,6 +91,16 @@ class PairsConfig(StepConfig):
     curry_anchor: Literal["best", "worst", "both"] = "best"   # curry only
     drop_duplicate_texts: bool = True                         # identical texts in a prompt: keep the first
     seed: int | None = None                                   # None: the recipe's seed
+    length_balance: LengthBalance | None = None               # see the module doc
+    balance_longer: bool = False
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler):
+        out = handler(self)
+        for k, default in LATER_OPTIONS.items():
+            if out.get(k, default) == default:
+                out.pop(k, None)
+        return out
 
     def label(self) -> str:
         s = self.strategy + (f" ({self.curry_anchor})" if self.strategy == "curry" else "")
@@ -69,6 +110,10 @@ class PairsConfig(StepConfig):
             s += f", tie_eps {self.tie_eps:g}"
         if self.max_pairs_per_prompt:
             s += f", max {self.max_pairs_per_prompt}/prompt"
+        if self.length_balance:
+            s += f", length ratio <= {self.length_balance.max_ratio:g}"
+        if self.balance_longer:
+            s += ", balance longer"
         return s
 
 
@@ -193,22 +238,72 @@ def _orient(pairs: pl.DataFrame) -> pl.DataFrame:
     return pairs.with_columns(**swap, margin=pl.col("margin").abs())
 
 
-def _select(cand: pl.DataFrame, df: pl.DataFrame, cfg: PairsConfig, seed: int) -> pl.Series:
-    """Which passing candidates are kept: all, or per prompt the first max_pairs_per_prompt by a seeded
-    random key (drawn over pairs sorted by ids) or by largest margin."""
-    if cfg.max_pairs_per_prompt is None:
-        return cand["pass"]
+def _random_key(cand: pl.DataFrame, df: pl.DataFrame, seed: int) -> pl.Series:
+    """The seeded pair key in [0, 1) of each candidate."""
+    # one hash per response, then a cheap mix per candidate pair (pairs outnumber responses)
+    resp = seeded_hash(seed, df["prompt_id"], df["response_id"])
+    return pl.Series(pair_keys(resp, cand["c"].to_numpy(), cand["r"].to_numpy()))
+
+
+def _with_key(cand: pl.DataFrame, df: pl.DataFrame, cfg: PairsConfig, seed: int) -> pl.DataFrame:
+    """cand with `_key`, the within-prompt order of `select`: a seeded random key (drawn over pairs sorted by
+    ids) or the largest margin."""
     if cfg.select == "random":
-        # one hash per response, then a cheap mix per candidate pair (pairs outnumber responses)
-        resp = seeded_hash(seed, df["prompt_id"], df["response_id"])
-        key = pair_keys(resp, cand["c"].to_numpy(), cand["r"].to_numpy())
         # ids break the (2^-53-likely) tie of two equal keys, so the choice never depends on row order
-        cand = cand.with_columns(_key=pl.struct(_k=pl.Series(key), _c=df["response_id"].gather(cand["c"]),
+        return cand.with_columns(_key=pl.struct(_k=_random_key(cand, df, seed), _c=df["response_id"].gather(cand["c"]),
                                                 _r=df["response_id"].gather(cand["r"])))
-    else:
-        cand = cand.with_columns(_key=pl.struct(-pl.col("margin"), -pl.col("s_c"), "c_pos", "r_pos"))
-    order = pl.when(pl.col("pass")).then(pl.col("_key")).rank("ordinal").over("_g")
-    return cand.select(pl.col("pass") & (order <= cfg.max_pairs_per_prompt).fill_null(False)).to_series()
+    return cand.with_columns(_key=pl.struct(-pl.col("margin"), -pl.col("s_c"), "c_pos", "r_pos"))
+
+
+def _select(cand: pl.DataFrame, df: pl.DataFrame, cfg: PairsConfig, seed: int, among: str = "pass",
+            first: pl.Expr | None = None) -> pl.Series:
+    """Which candidates flagged `among` are kept: all, or per prompt the first max_pairs_per_prompt by
+    (`first`, then the `select` order)."""
+    if cfg.max_pairs_per_prompt is None:
+        return cand[among]
+    cand = _with_key(cand, df, cfg, seed)
+    key = pl.col("_key") if first is None else pl.struct(first.alias("_first"), "_key")
+    order = pl.when(pl.col(among)).then(key).rank("ordinal").over("_g")
+    return cand.select(pl.col(among) & (order <= cfg.max_pairs_per_prompt).fill_null(False)).to_series()
+
+
+def _directions(pairs: pl.DataFrame) -> tuple[int, int]:
+    """(chosen-longer, chosen-shorter) counts."""
+    return tuple(pairs.select((pl.col("_dir") > 0).sum().alias("l"), (pl.col("_dir") < 0).sum().alias("s")).row(0))
+
+
+def _length_control(cand: pl.DataFrame, df: pl.DataFrame, cfg: PairsConfig, seed: int) -> pl.DataFrame:
+    """cand with `elig` (passes and within max_ratio), `capsel` (picked by the cap) and `sel` (after
+    balance_longer); the algorithm is in the module doc."""
+    lens = df["response"].str.len_chars().fill_null(0)
+    cand = cand.with_columns(_lc=lens.gather(cand["c"]), _lr=lens.gather(cand["r"]))
+    elig = pl.col("pass")
+    if cfg.length_balance is not None:
+        elig = elig & (length_bias.ratio(pl.col("_lc"), pl.col("_lr")) <= cfg.length_balance.max_ratio)
+    cand = cand.with_columns(elig=elig, _dir=(pl.col("_lc").cast(pl.Int64) - pl.col("_lr").cast(pl.Int64)).sign())
+    if not cfg.balance_longer:
+        picked = _select(cand, df, cfg, seed, among="elig")
+        return cand.with_columns(capsel=picked, sel=picked)
+    n_longer, n_shorter = _directions(cand.filter("elig"))
+    minority = 1 if n_longer < n_shorter else -1 if n_shorter < n_longer else 0
+    prio = (pl.when(pl.col("_dir") == minority).then(0).when(pl.col("_dir") == 0).then(1).otherwise(2)
+            if minority else pl.lit(0))
+    cand = cand.with_columns(capsel=_select(cand, df, cfg, seed, among="elig", first=prio))
+    k_longer, k_shorter = _directions(cand.filter("capsel"))
+    if k_longer == k_shorter:
+        return cand.with_columns(sel=pl.col("capsel"))
+    major, keep = (1 if k_longer > k_shorter else -1), min(k_longer, k_shorter)
+    major_rows = (_with_key(cand, df, cfg, seed).with_row_index("__i")
+                  .with_columns(_rk=_random_key(cand, df, seed))
+                  .filter(pl.col("capsel") & (pl.col("_dir") == major))
+                  .with_columns(_in_prompt=pl.col("_key").rank("ordinal").over("_g")))
+    c, r = major_rows["c"], major_rows["r"]
+    major_rows = major_rows.with_columns(_p=df["prompt_id"].gather(c), _ci=df["response_id"].gather(c),
+                                         _ri=df["response_id"].gather(r))
+    over = major_rows.sort("_in_prompt", "_rk", "_p", "_ci", "_ri").slice(keep)["__i"]
+    cut = np.zeros(cand.height, dtype=bool)
+    cut[over.to_numpy()] = True
+    return cand.with_columns(sel=pl.col("capsel") & ~pl.Series(cut))
 
 
 def duplicate_texts(df: pl.DataFrame, g: pl.Series) -> pl.Series:
@@ -318,6 +413,7 @@ def build_pairs(frame: pl.LazyFrame, cfg: PairsConfig, ctx: StepContext) -> Buil
     lonely = int((valid["_n"] < 2).sum())
     if lonely:
         drops["prompt has < 2 responses"] = lonely
+    lonely_rows = valid.filter(pl.col("_n") < 2)[ROW] if lonely and SOURCE in df.columns else None
     valid = valid.filter(pl.col("_n") >= 2).drop("_start", "_end")
     if cfg.tie_break == "seeded":
         valid = valid.with_columns(_tb=seeded_keys(valid, ["prompt_id", "response_id"], seed))
@@ -329,7 +425,11 @@ def build_pairs(frame: pl.LazyFrame, cfg: PairsConfig, ctx: StepContext) -> Buil
         cand = _all_pairs(valid, t).with_columns(pl.lit(True).alias("pass"))
     else:
         cand = _orient(_with_margins(structural, valid)).with_columns((pl.col("margin") > t).alias("pass"))
-    cand = cand.with_columns(sel=_select(cand, df, cfg, seed))
+    controlled = cfg.length_balance is not None or cfg.balance_longer
+    if controlled:
+        cand = _length_control(cand, df, cfg, seed)
+    else:
+        cand = cand.with_columns(sel=_select(cand, df, cfg, seed))
 
     if cfg.strategy == "curry":   # easy (large gap) first; the chosen score breaks gap ties
         order = ["_g", "margin", "s_c", "c_pos", "r_pos"], [False, True, True, False, False]
@@ -357,6 +457,10 @@ def build_pairs(frame: pl.LazyFrame, cfg: PairsConfig, ctx: StepContext) -> Buil
         return pl.Series(in_cand if mask.all(ignore_nulls=False) is True else member(mask))
 
     flags = {"sel": flag(cand["sel"]), "pass": flag(cand["pass"])}
+    if controlled:
+        flags |= {"capsel": flag(cand["capsel"]), "elig": flag(cand["elig"])}
+    else:
+        flags |= {"capsel": flags["sel"], "elig": flags["pass"]}
     tied_all = (((pl.col("_max") - pl.col("score")).round(DECIMALS) <= cfg.tie_eps)
                 & ((pl.col("score") - pl.col("_min")).round(DECIMALS) <= cfg.tie_eps))
     per = valid.select(tied_all.alias("tied_all"))
@@ -367,11 +471,21 @@ def build_pairs(frame: pl.LazyFrame, cfg: PairsConfig, ctx: StepContext) -> Buil
     why = (pl.when(pl.col("sel")).then(pl.lit(None, pl.String))
            .when(pl.col("tied_all")).then(pl.lit("tied with every other response"))
            .when(~pl.col("cand")).then(pl.lit(f"not selected ({cfg.strategy})"))
-           .when(pl.col("pass")).then(pl.lit("not selected (max_pairs_per_prompt)"))
+           .when(pl.col("capsel")).then(pl.lit("not selected (balance_longer)"))
+           .when(pl.col("elig")).then(pl.lit("not selected (max_pairs_per_prompt)"))
+           .when(pl.col("pass")).then(pl.lit("chosen/rejected length ratio above max_ratio"))
            .when(pl.col("nontie")).then(pl.lit("below min_margin"))
            .otherwise(pl.lit("tied with its candidate partners")))
-    drops = dict(sorted({**drops, **count_reasons(per.select(why.alias("why")), "why")}.items()))
+    whys = per.select(why.alias("why"))
+    drops = dict(sorted({**drops, **count_reasons(whys, "why")}.items()))
     rows_kept = df.height - sum(drops.values())
+    by_source = None
+    if SOURCE in df.columns:   # a mixture build: the same reasons, per source
+        reason = df["__drop"]
+        if lonely_rows is not None:
+            reason = reason.scatter(lonely_rows, "prompt has < 2 responses")
+        reason = reason.scatter(valid[ROW], whys["why"])
+        by_source = drops_by_source(df.select(SOURCE).with_columns(__why=reason), "__why")
 
     prompts = int(g_all.max() + 1) if df.height else 0
     # sel is sorted by _g (every strategy's order starts with it): one run per prompt with pairs
@@ -385,8 +499,17 @@ def build_pairs(frame: pl.LazyFrame, cfg: PairsConfig, ctx: StepContext) -> Buil
             "responses_in_pairs": rows_kept,
             "margin_mean": float(out["margin"].mean()) if out.height else None,
             "max_pairs_in_a_prompt": int(runs.max()) if out.height else 0}
+    resp_len = df["response"].str.len_chars().fill_null(0).to_numpy()
+    lengths = length_bias.counts(resp_len[sel["c"].to_numpy()], resp_len[sel["r"].to_numpy()])
+    info |= {k: v for k, v in lengths.items() if k != "pairs"}
+    if controlled:
+        info["pairs_over_max_ratio"] = int((cand["pass"] & ~cand["elig"]).sum())
+        info["pairs_removed_by_balance"] = int((cand["capsel"] & ~cand["sel"]).sum())
     summary = f"{out.height:,} pairs from {with_pair:,} prompts"
     if prompts - with_pair:
         summary += f" · {prompts - with_pair:,} prompts without a pair ({all_tied:,} all tied)"
+    if controlled:
+        summary += (f" · length control removed {info['pairs_over_max_ratio']:,} pairs over max_ratio, "
+                    f"{info['pairs_removed_by_balance']:,} by balance_longer")
     return Built(out.lazy(), "pairs", drops=drops, rows_in=df.height, rows_kept=rows_kept, info=info,
-                 summary=summary)
+                 summary=summary, drops_by_source=by_source)

@@ -48,6 +48,7 @@ class StepReport:
     info: dict[str, Any]
     summary: str
     seconds: float
+    by_source: dict[str, dict[str, Any]] | None = None   # mixture builds: rows_in / rows_kept / drops per source
 
 
 @dataclass
@@ -64,6 +65,7 @@ class BuildResult:
     written: bool = True                     # False: the latest version already holds this exact build
     source_version_written: bool = False
     lineage: dict[str, Any] = field(default_factory=dict)
+    length_bias: dict[str, Any] | None = None   # pairs outputs: builders/length_bias.summarize
 
 
 def table_kind(columns: list[str]) -> str:
@@ -94,6 +96,9 @@ class _Source:
     dataset: Any = None              # the Lance dataset of a catalog source (streamed by partitioned builds)
     rows: int = 0
     written: bool = False            # a new source version was stored by this build
+    parts: list[_Source] = field(default_factory=list)   # a mixture's entries (prefdata/mixture.py)
+    mix: StepReport | None = None    # a mixture's choice of prompts, reported as the build's first step
+    sources: dict[str, Any] = field(default_factory=dict)   # a mixture's per-source lineage
 
     def read(self) -> pa.Table:
         return self.table if self.table is not None else self.dataset.to_table()
@@ -107,9 +112,17 @@ def _latest(cat, name: str) -> dict | None:
 
 
 def _load_source(recipe: Recipe, cat) -> _Source:
+    if recipe.sources:
+        from prefdata.mixture import load_mixture
+        return load_mixture(recipe, cat)
+    return load_one(recipe.source, recipe.source_path, f"{recipe.name}-source", cat)
+
+
+def load_one(src, path: Path | None, store_name: str, cat) -> _Source:
+    """One source spec: a catalog dataset, or a file ingested (to be stored as `store_name` once the build has
+    succeeded, unless its rows are already stored)."""
     from catalog import parse_ref
 
-    src = recipe.source
     if src.dataset is not None:
         name, ref = parse_ref(src.dataset)
         if name not in cat.names():
@@ -122,13 +135,12 @@ def _load_source(recipe: Recipe, cat) -> _Source:
     from catalog.hashing import content_hash
     from prefdata.ingest import read_source
 
-    path = recipe.source_path
     # media bytes in the source (Pick-a-Pic jpg_0/jpg_1) are stored content-addressed under the catalog,
     # where the dataset's relative media URIs resolve
     root = getattr(cat, "root", None)
     res = read_source(path, format=src.format, mapping=src.mapping, carry=src.carry,
                       media_dir=Path(root) if root is not None else None)
-    name = f"{recipe.name}-source"
+    name = store_name
     latest = _latest(cat, name)
     chash = content_hash(res.table)
     same = latest is not None and latest.get("content_hash") == chash
@@ -222,8 +234,9 @@ def check_contract(df: pl.DataFrame, kind: str, where: str) -> pl.DataFrame:
 
 
 def run_step(step: RecipeStep, frame: pl.LazyFrame, kind: str, ctx: StepContext, runner, *,
-             file: str) -> tuple[pl.DataFrame, StepReport]:
-    """Run one step, check its output contract and its row accounting; return the output frame."""
+             file: str, by_source: bool = False) -> tuple[pl.DataFrame, StepReport]:
+    """Run one step, check its output contract and its row accounting; return the output frame. `by_source`
+    (mixture builds): the accounting is also split by the `source` column (prefdata/mixture.py)."""
     check_kind(step, kind, file)
     t0 = time.perf_counter()
     built: Built = runner(step, frame, ctx)
@@ -238,6 +251,9 @@ def run_step(step: RecipeStep, frame: pl.LazyFrame, kind: str, ctx: StepContext,
     report = StepReport(step.name, _label(step), step.config.model_dump(mode="json"), built.kind, rows_in,
                         rows_kept, dict(built.drops), df.height, built.info, built.summary,
                         round(time.perf_counter() - t0, 3))
+    if by_source:
+        from prefdata.mixture import step_by_source
+        report.by_source = step_by_source(step, frame, built, lambda f: runner(step, f, ctx))
     return df, report
 
 
@@ -284,6 +300,8 @@ def run_recipe(recipe_path: Path | str | None, catalog, *, engine: str = "local"
     else:
         n_parts, how = 1, f"engine {engine}"
     shown("source", source.line + (f" · {how}" if n_parts > 1 else ""))
+    if source.mix is not None:
+        shown("mix", f"{source.mix.label} · {source.mix.summary}{drops_text(source.mix.drops)}")
     # model steps (generate, score) commit shards here as they finish, so a killed build resumes where it
     # stopped; the folder is removed once the dataset version is written
     step_work = Path(getattr(cat, "root", Path.cwd())) / "_work" / recipe.name / "steps"
@@ -295,7 +313,8 @@ def run_recipe(recipe_path: Path | str | None, catalog, *, engine: str = "local"
             return _run_partitioned(recipe, cat, source, n_parts, ctx, runner, file, config_json, config_sha,
                                     console, shown, status, engine)
 
-    df, kind, reports = pl.from_arrow(source.read()), source.kind, []
+    df, kind, reports = pl.from_arrow(source.read()), source.kind, [source.mix] if source.mix else []
+    mixture = bool(recipe.sources)
     if source.version is not None:
         source.table = None            # already stored: free it, only the frame is needed now
     if recipe.steps and _prompt_local(recipe.steps[0]):
@@ -304,17 +323,18 @@ def run_recipe(recipe_path: Path | str | None, catalog, *, engine: str = "local"
     with _tidy_on_failure(step_work, console):
         for step in recipe.steps:
             with status(f"{step.name}: {_label(step)}"):
-                df, report = run_step(step, df.lazy(), kind, ctx, runner, file=file)
+                df, report = run_step(step, df.lazy(), kind, ctx, runner, file=file, by_source=mixture)
             kind = report.kind
             reports.append(report)
             shown(step.name, f"{report.label} · {report.summary or f'{report.rows_out:,} rows'}"
                              f"{drops_text(report.drops, report.summary)}  [dim]({report.seconds:.2f}s)[/]")
 
     _store_source(cat, recipe, source)
+    bias = _length_bias(kind, df)
     table = df.to_arrow()
     del df
     inputs, message, lineage = _lineage(recipe, source, reports, file, config_json, config_sha, engine,
-                                        table.num_rows, n_parts)
+                                        table.num_rows, n_parts, bias)
     from catalog.hashing import content_hash
 
     same = identical_build(cat, recipe.name, config_sha, inputs, content_hash(table))
@@ -326,7 +346,7 @@ def run_recipe(recipe_path: Path | str | None, catalog, *, engine: str = "local"
         version, written, verb = cat.write(recipe.name, table, message=message, lineage=lineage), True, "wrote"
     shutil.rmtree(step_work, ignore_errors=True)
     return _finish(cat, recipe, version, written, verb, table.num_rows, kind, reports, inputs, config_sha, file,
-                   source, console)
+                   source, console, bias)
 
 
 def tidy_work(work: Path) -> list[tuple[Path, int]]:
@@ -371,24 +391,46 @@ def _prompt_local(step: RecipeStep) -> bool:
 
 
 def _store_source(cat, recipe: Recipe, source: _Source) -> None:
-    """A new (or changed) file source is stored now that the build has succeeded."""
+    """A new (or changed) file source is stored now that the build has succeeded (each entry of a mixture)."""
+    if source.parts:
+        for part in source.parts:
+            _store_source(cat, recipe, part)
+        source.written = any(part.written for part in source.parts)
+        return
     source.written = source.version is None
     if source.written:
-        source.version = cat.write(source.name, source.table, message=f"ingest {recipe.source.path}",
+        source.version = cat.write(source.name, source.table, message=f"ingest {source.lineage.get('source')}",
                                    lineage=source.lineage)
 
 
+def _length_bias(kind: str, df: pl.DataFrame) -> dict[str, Any] | None:
+    """A pairs output's length bias (builders/length_bias.py), for the summary and lineage."""
+    if kind != "pairs":
+        return None
+    from builders import length_bias
+    return length_bias.summarize(length_bias.pairs_counts(df))
+
+
 def _lineage(recipe: Recipe, source: _Source, reports: list[StepReport], file: str, config_json: str,
-             config_sha: str, engine: str, rows_out: int, n_parts: int) -> tuple[list[str], str, dict]:
+             config_sha: str, engine: str, rows_out: int, n_parts: int,
+             bias: dict[str, Any] | None = None) -> tuple[list[str], str, dict]:
     rows_kept, drops = _totals(reports[0].rows_in, source.kind, reports)
-    inputs = [f"{source.name}@{source.version}"]
-    message = f"build {recipe.name} from {inputs[0]} with {file}"
+    inputs = [f"{p.name}@{p.version}" for p in (source.parts or [source])]
+    message = f"build {recipe.name} from {', '.join(inputs)} with {file}"
+    steps = [{"step": r.step, "config": r.config, "rows_in": r.rows_in, "rows_kept": r.rows_kept,
+              "drops": r.drops, "rows_out": r.rows_out, "info": r.info} for r in reports]
+    for entry, r in zip(steps, reports, strict=True):
+        if r.by_source is not None:
+            entry["by_source"] = r.by_source
     lineage = {"builder": "recipe", "recipe": file, "config": config_json,
                "config_sha256": config_sha, "inputs": inputs, "engine": engine, "partitions": n_parts,
-               "steps": [{"step": r.step, "config": r.config, "rows_in": r.rows_in, "rows_kept": r.rows_kept,
-                          "drops": r.drops, "rows_out": r.rows_out, "info": r.info} for r in reports],
-               "rows_in": reports[0].rows_in, "rows_kept": rows_kept, "rows_dropped": drops, "drops": drops,
-               "rows_out": rows_out}
+               "steps": steps, "rows_in": reports[0].rows_in, "rows_kept": rows_kept, "rows_dropped": drops,
+               "drops": drops, "rows_out": rows_out}
+    if source.parts:
+        from prefdata.mixture import source_lineage
+        lineage["sources"] = source_lineage(source, reports)
+    if bias is not None:
+        lineage["length_bias"] = bias
     return inputs, message, lineage
 
 
@@ -417,13 +459,16 @@ def _same_build(cat, name: str, config_sha: str, inputs: list[str], chash: str |
 
 def _finish(cat, recipe: Recipe, version: int, written: bool, verb: str, rows: int, kind: str,
             reports: list[StepReport], inputs: list[str], config_sha: str, file: str, source: _Source,
-            console) -> BuildResult:
+            console, bias: dict[str, Any] | None = None) -> BuildResult:
     rec = cat.lineage(recipe.name, version)
     chash = rec.get("content_hash", "")
+    if bias is not None:
+        from builders import length_bias
+        console.print(f"  {'length':<11} {length_bias.line(bias)}", highlight=False, soft_wrap=True)
     console.print(f"  {verb} [bold]{recipe.name}@{version}[/]  ({rows:,} {kind} rows, content "
                   f"{chash[:8]}…, recipe {file}, config {config_sha[:8]}…)", highlight=False, soft_wrap=True)
     return BuildResult(recipe.name, version, chash, rows, kind, reports, inputs, config_sha, file,
-                       written, source.written, rec)
+                       written, source.written, rec, bias)
 
 
 def _run_partitioned(recipe: Recipe, cat, source: _Source, n_parts: int, ctx: StepContext, runner, file: str,
@@ -448,8 +493,15 @@ def _run_partitioned(recipe: Recipe, cat, source: _Source, n_parts: int, ctx: St
             source.table = None
         split_s = round(time.perf_counter() - t0, 3)
 
+        lengths: dict[str, Any] = {}     # length counts of the last step's pairs, summed over partitions
+
         def one(step, frame, kind):
-            return run_step(step, frame, kind, ctx, runner, file=file)
+            df, rep = run_step(step, frame, kind, ctx, runner, file=file, by_source=bool(recipe.sources))
+            # keyed steps run as a copy bound to their plan: the YAML path names the step
+            if step.yaml_path == steps[-1].yaml_path and rep.kind == "pairs":
+                from builders import length_bias
+                lengths.update(length_bias.add(lengths, length_bias.pairs_counts(df)))
+            return df, rep
 
         t0 = time.perf_counter()
         with status(f"running {len(steps)} prompt-local step(s) by partition") as st:
@@ -457,7 +509,7 @@ def _run_partitioned(recipe: Recipe, cat, source: _Source, n_parts: int, ctx: St
                 pb.say = lambda msg: st.update(f"{msg}: {', '.join(s.name for s in steps)}")
             totals, kind = pb.run_local(steps, source.kind, ctx, one, final=final)
         local_s = round(time.perf_counter() - t0, 3)
-        reports, in_kind = [], source.kind
+        reports, in_kind = [source.mix] if source.mix else [], source.kind
         for i, (step, t) in enumerate(zip(steps, totals, strict=True)):
             if t.rows_in != (reports[-1].rows_out if reports else source.rows):
                 raise AccountingError(f"{step.yaml_path}: partitions saw {t.rows_in} rows in, expected "
@@ -467,7 +519,8 @@ def _run_partitioned(recipe: Recipe, cat, source: _Source, n_parts: int, ctx: St
             info = {**(planned[0] if planned else merge_info(t.infos)), "partitions": n_parts}
             reports.append(StepReport(step.name, _label(step), step.config.model_dump(mode="json"), t.kind,
                                       t.rows_in, t.rows_kept, dict(sorted(t.drops.items())), t.rows_out, info,
-                                      planned[1] if planned else _summary(t, in_kind), round(t.seconds, 3)))
+                                      planned[1] if planned else _summary(t, in_kind), round(t.seconds, 3),
+                                      t.by_source))
             in_kind = t.kind
             shown(step.name, f"{reports[-1].label} · {reports[-1].summary}{drops_text(reports[-1].drops, reports[-1].summary)}"
                              f"  [dim]({t.seconds:.2f}s)[/]")
@@ -483,8 +536,14 @@ def _run_partitioned(recipe: Recipe, cat, source: _Source, n_parts: int, ctx: St
                                       summary, 0.0))
             shown(final.name, f"{reports[-1].label} · {summary}{drops_text(drops)}")
         _store_source(cat, recipe, source)
+        # measured on the last partition-run step's output: exact unless a final curriculum dropped rows
+        # (missing: drop of a null difficulty), then left out rather than reported for other rows
+        bias = None
+        if lengths and kind == "pairs" and not (final is not None and reports[-1].drops):
+            from builders import length_bias
+            bias = length_bias.summarize(lengths)
         inputs, message, lineage = _lineage(recipe, source, reports, file, config_json, config_sha, engine,
-                                            rows_out, n_parts)
+                                            rows_out, n_parts, bias)
         latest = _latest(cat, recipe.name)
         skip = latest.get("content_hash") if latest and _same_build(cat, recipe.name, config_sha, inputs, None) \
             else None
@@ -500,7 +559,7 @@ def _run_partitioned(recipe: Recipe, cat, source: _Source, n_parts: int, ctx: St
     else:
         written, verb = True, "wrote"
     return _finish(cat, recipe, version, written, verb, rows_out, kind, reports, inputs, config_sha, file, source,
-                   console)
+                   console, bias)
 
 
 def _shown_path(path: Path) -> str:

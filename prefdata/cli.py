@@ -278,6 +278,24 @@ def _event_summary(record: Any) -> str:
     return " · ".join(parts) or json.dumps(_jsonable(record), ensure_ascii=False)
 
 
+def _render_sources(con, rec: dict) -> None:
+    """A mixture build's sources (lineage `sources`, prefdata/mixture.py): input, what the mixture chose, and
+    every drop through the steps by reason."""
+    for src, acc in (rec.get("sources") or {}).items():
+        mix = acc.get("mix") or {}
+        take = ", ".join(f"{k} {mix[k]}" for k in ("weight", "max_prompts", "max_rows") if k in mix) or "all"
+        head = f"    source {src:<10} {acc.get('input', '')} ({take})" if "input" in acc else f"    source {src}"
+        if mix:
+            head += (f" · chose {mix.get('prompts_kept')} of {mix.get('prompts_in')} prompts"
+                     f" ({mix.get('rows_kept')} of {mix.get('rows_in')} rows)")
+        if "rows_kept" in acc:
+            head += f" · kept {acc['rows_kept']} of {acc['rows_in']} rows"
+        con.print(head, highlight=False)
+        drops = acc.get("rows_dropped") or {}
+        if drops:
+            con.print("      dropped " + ", ".join(f"{n} {r}" for r, n in drops.items()), highlight=False)
+
+
 def _render_log_record(con, name: str, rec: dict) -> None:
     kind = rec.get("kind") or rec.get("event") or "version"
     if kind not in ("version", None) and "version" in rec and rec.get("builder") is None and rec.get("recipe") is None \
@@ -301,10 +319,15 @@ def _render_log_record(con, name: str, rec: dict) -> None:
         con.print(f"    {'eval':<16} {ckpt.get('path')} vs {(ev.get('baseline') or {}).get('path')} on "
                   f"{ev.get('prompts')} · win rate {s.get('win_rate', float('nan')):.3f} [{lo:.3f}, {hi:.3f}] · "
                   f"LC {s.get('lc_win_rate', float('nan')):.3f}" + (f" · KL {kl:.4g}" if kl is not None else ""))
+    _render_sources(con, rec)
     for step in rec.get("steps") or []:
         drops = ", ".join(f"{n} {r}" for r, n in (step.get("drops") or {}).items())
         con.print(f"    step {step.get('step', '?'):<12} in {step.get('rows_in')} · kept {step.get('rows_kept')}"
                   f" · out {step.get('rows_out')}" + (f" · dropped {drops}" if drops else ""))
+        for src, acc in (step.get("by_source") or {}).items():   # a mixture build: the same per source
+            if acc.get("drops"):
+                con.print(f"      {src:<14} in {acc.get('rows_in')} · kept {acc.get('rows_kept')} · dropped "
+                          + ", ".join(f"{n} {r}" for r, n in acc["drops"].items()), highlight=False)
     for ev in rec.get("events") or []:
         con.print(f"    [magenta]{ev.get('kind', 'event')}[/] {json.dumps(_jsonable(ev.get('record', ev)), ensure_ascii=False)}")
 

@@ -76,6 +76,8 @@ def is_prompt_local(step: str, cfg: Any) -> bool:
         return False   # z-scores use the mean/std over the whole dataset
     if step == "near_dedup":
         return getattr(cfg, "on", None) == "response"    # near-duplicate responses within a prompt
+    if step == "pairs" and getattr(cfg, "balance_longer", False):
+        return False   # evens chosen-longer and chosen-shorter pairs over the whole dataset
     return step in PROMPT_LOCAL
 
 
@@ -180,6 +182,7 @@ class _StepTotals:
     infos: list[dict] = field(default_factory=list)
     seconds: float = 0.0
     kind: str = ""
+    by_source: dict | None = None      # mixture builds: per-source accounting (prefdata/mixture.py)
 
     def add(self, rep) -> None:
         self.rows_in += rep.rows_in
@@ -190,6 +193,9 @@ class _StepTotals:
         self.infos.append(rep.info)
         self.seconds += rep.seconds
         self.kind = rep.kind
+        if getattr(rep, "by_source", None) is not None:
+            from prefdata.mixture import add_by_source
+            self.by_source = add_by_source(self.by_source, rep.by_source)
 
 
 def _summary(t: _StepTotals, in_kind: str) -> str:

@@ -5,6 +5,8 @@ name: arena-curry                      # output dataset name
 description: optional free text
 seed: 0                                # seeds every random choice (steps may override with their own seed)
 source: {dataset: NAME[@V]}            # or {path: FILE, format: F, mapping: {canonical: source_column}}
+# or a mixture (builders/mixture.py): a list of sources, each with a name and weight / max_prompts / max_rows
+# sources: [{name: arena, path: a.jsonl, format: arena, weight: 1}, {name: hh, dataset: hh, unpair: true, weight: 2}]
 steps:
   - rank: {by: score, aggregate: mean}
   - pairs: {strategy: all_pairs, min_margin: 1}
@@ -24,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from builders.base import StepConfig
 from builders.registry import STEPS, StepSpec
@@ -32,7 +34,7 @@ from prefdata.errors import RecipeError, RecipeProblems
 from prefdata.model_paths import model_path_problems
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-TOP_KEYS = ("name", "description", "seed", "source", "steps", "partitions")
+TOP_KEYS = ("name", "description", "seed", "source", "sources", "steps", "partitions")
 # the table kind a file source yields, where the format alone decides it (others: decided by mapping/content)
 FORMAT_KIND = {"arena": "responses", "ultrafeedback": "responses", "nectar": "responses", "helpsteer2": "responses",
                "hh-rlhf": "pairs", "pick-a-pic": "pairs", "prompts": "prompts"}
@@ -48,6 +50,27 @@ class SourceSpec(BaseModel):
     carry: list[str] | None = None        # extra source columns to keep (e.g. reference tests)
 
 
+class MixSource(SourceSpec):
+    """One entry of `sources:` (a mixture, builders/mixture.py): a source spec plus its name (the value of the
+    `source` column) and how much of it to take; an entry with none of weight/max_* takes all its prompts."""
+    name: str
+    weight: float | None = Field(None, gt=0, allow_inf_nan=False)
+    max_prompts: int | None = Field(None, ge=1)
+    max_rows: int | None = Field(None, ge=1)
+    unpair: bool = False                  # a pairs source read as responses (to mix with responses sources)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not NAME_RE.match(v):
+            raise ValueError(f"{v!r} is not a valid source name (letters, digits, '.', '_', '-')")
+        return v
+
+    def take(self):
+        from builders.mixture import Take
+        return Take(self.name, self.weight, self.max_prompts, self.max_rows)
+
+
 @dataclass(frozen=True)
 class RecipeStep:
     name: str
@@ -60,7 +83,7 @@ class RecipeStep:
 @dataclass(frozen=True)
 class Recipe:
     name: str
-    source: SourceSpec
+    source: SourceSpec | None                # None for a mixture (see `sources`)
     steps: tuple[RecipeStep, ...]
     seed: int = 0
     description: str | None = None
@@ -70,11 +93,16 @@ class Recipe:
     kinds: tuple[str | None, ...] = field(default=())   # output kind after each step (None: decided at run time)
     partitions: int | None = None            # out-of-core partitions (None: auto); not part of the config
                                              # hash, since every partition count gives the same rows
+    sources: tuple[MixSource, ...] = ()      # a mixture's entries (then `source` is None)
 
     @property
     def source_path(self) -> Path | None:
         """Absolute path of a file source (relative paths resolve against the recipe's folder)."""
-        return _source_path(self.source, self.base_dir)
+        return _source_path(self.source, self.base_dir) if self.source is not None else None
+
+    def entry_path(self, entry: SourceSpec) -> Path | None:
+        """Absolute path of a mixture entry's file (None for a catalog dataset)."""
+        return _source_path(entry, self.base_dir)
 
 
 def _loc(loc: tuple) -> str:
@@ -132,9 +160,12 @@ def parse_recipe(data: Any, *, file: str | Path | None = None, base_dir: Path | 
     for key in data:
         if key not in TOP_KEYS:
             raise RecipeError(f"unknown key (expected one of {', '.join(TOP_KEYS)})", path=str(key), file=fname)
-    for key in ("name", "source", "steps"):
+    if "source" in data and "sources" in data:
+        raise RecipeError("give source: (one source) or sources: (a mixture), not both", path="sources", file=fname)
+    for key in ("name", "source" if "sources" not in data else "sources", "steps"):
         if key not in data:
-            raise RecipeError("missing (required)", path=key, file=fname)
+            raise RecipeError("missing (required)" + (": source, or sources for a mixture" if key == "source" else ""),
+                              path=key, file=fname)
     name = data["name"]
     if not isinstance(name, str) or not NAME_RE.match(name):
         raise RecipeError(f"{name!r} is not a valid dataset name (letters, digits, '.', '_', '-')",
@@ -152,14 +183,10 @@ def parse_recipe(data: Any, *, file: str | Path | None = None, base_dir: Path | 
     if desc is not None and not isinstance(desc, str):
         raise RecipeError("description must be text", path="description", file=fname)
 
-    try:
-        source = SourceSpec.model_validate(data["source"])
-    except ValidationError as e:
-        raise _pydantic_error(e, "source", fname) from None
-    if (source.dataset is None) == (source.path is None):
-        raise RecipeError("give exactly one of dataset: NAME[@V] or path: FILE", path="source", file=fname)
-    if source.dataset is not None and (source.format or source.mapping):
-        raise RecipeError("format/mapping only apply to a path source", path="source", file=fname)
+    if "sources" in data:
+        source, sources = None, _parse_sources(data["sources"], fname)
+    else:
+        source, sources = _check_source(SourceSpec, data["source"], "source", fname), ()
 
     steps_raw = data["steps"]
     if not isinstance(steps_raw, list) or not steps_raw:
@@ -173,13 +200,16 @@ def parse_recipe(data: Any, *, file: str | Path | None = None, base_dir: Path | 
             continue
         steps.append(step)
         problems += model_path_problems(step.config, step.yaml_path, base_dir, skip=model_placeholders)
-    source_path = _source_path(source, base_dir)
-    if source_path is not None and not source_path.is_file():
-        problems.insert(0, ("source.path", f"source file not found: {source_path}"))
+    entries = [("source", source)] if source is not None else [(f"sources[{i}]", e) for i, e in enumerate(sources)]
+    for where, entry in reversed(entries):
+        entry_path = _source_path(entry, base_dir)
+        if entry_path is not None and not entry_path.is_file():
+            problems.insert(0, (f"{where}.path", f"source file not found: {entry_path}"))
     if problems:
         raise RecipeProblems(problems, file=fname)
 
-    kind = _source_kind(source)
+    kind = _source_kind(source) if source is not None else _mixture_kind(sources, fname)
+    start_kind = kind
     kinds = []
     for step in steps:
         check_kind(step, kind, fname)
@@ -187,7 +217,7 @@ def parse_recipe(data: Any, *, file: str | Path | None = None, base_dir: Path | 
         kinds.append(kind)
     recipe = Recipe(name=name, source=source, steps=tuple(steps), seed=seed, description=desc,
                     file=Path(file) if file is not None else None, base_dir=base_dir,
-                    source_kind=_source_kind(source), kinds=tuple(kinds), partitions=partitions)
+                    source_kind=start_kind, kinds=tuple(kinds), partitions=partitions, sources=sources)
     if partitions is not None and partitions > 1:
         from prefdata.partitioned import whole_table_step
         blocker = whole_table_step(steps)
@@ -195,6 +225,57 @@ def parse_recipe(data: Any, *, file: str | Path | None = None, base_dir: Path | 
             raise RecipeError(f"step {blocker.name!r} needs the whole table, so this recipe cannot run by "
                               f"partitions (set partitions: 1 or auto)", path="partitions", file=fname)
     return recipe
+
+
+def _check_source(cls: type[SourceSpec], raw: Any, where: str, fname: str) -> Any:
+    try:
+        source = cls.model_validate(raw)
+    except ValidationError as e:
+        raise _pydantic_error(e, where, fname) from None
+    if (source.dataset is None) == (source.path is None):
+        raise RecipeError("give exactly one of dataset: NAME[@V] or path: FILE", path=where, file=fname)
+    if source.dataset is not None and (source.format or source.mapping):
+        raise RecipeError("format/mapping only apply to a path source", path=where, file=fname)
+    return source
+
+
+def _parse_sources(raw: Any, fname: str) -> tuple[MixSource, ...]:
+    if not isinstance(raw, list) or not raw:
+        raise RecipeError("sources must be a non-empty list of {name, path or dataset, weight | max_prompts | "
+                          "max_rows}", path="sources", file=fname)
+    entries, names = [], {}
+    for i, item in enumerate(raw):
+        entry = _check_source(MixSource, item, f"sources[{i}]", fname)
+        if entry.name in names:
+            raise RecipeError(f"duplicate source name {entry.name!r} (also sources[{names[entry.name]}].name)",
+                              path=f"sources[{i}].name", file=fname)
+        names[entry.name] = i
+        entries.append(entry)
+    return tuple(entries)
+
+
+def entry_kind(entry: MixSource) -> str | None:
+    """The table kind a mixture entry gives the steps: responses when unpaired, else as a single source."""
+    return "responses" if entry.unpair else _source_kind(entry)
+
+
+def _mixture_kind(sources: tuple[MixSource, ...], fname: str) -> str | None:
+    """The kind every entry gives (known at parse time where the format decides it); a mismatch is an error."""
+    first: tuple[int, str] | None = None
+    for i, e in enumerate(sources):
+        if e.unpair and _source_kind(e) not in (None, "pairs"):
+            raise RecipeError(f"unpair takes a pairs source; this one gives {_source_kind(e)}",
+                              path=f"sources[{i}].unpair", file=fname)
+        kind = entry_kind(e)
+        if kind is None:
+            continue
+        if first is None:
+            first = (i, kind)
+        elif kind != first[1]:
+            raise RecipeError(f"this source gives {kind} but sources[{first[0]}] gives {first[1]}: every source of a "
+                              "mixture must give the same table kind (unpair: true reads a pairs source as "
+                              "responses)", path=f"sources[{i}]", file=fname)
+    return first[1] if first is not None else None
 
 
 class _StepProblems(Exception):
@@ -258,8 +339,11 @@ def canonical_config(recipe: Recipe) -> tuple[str, str]:
     """(canonical JSON, sha256) of what determines the output: name, source as written, seed and every
     step's full config (defaults included, so `pairs: {}` and `pairs: {strategy: all_pairs}` hash alike)."""
     doc = {"name": recipe.name, "seed": recipe.seed,
-           "source": recipe.source.model_dump(mode="json", exclude_none=True),
            "steps": [{s.name: s.config.model_dump(mode="json")} for s in recipe.steps]}
+    if recipe.source is not None:
+        doc["source"] = recipe.source.model_dump(mode="json", exclude_none=True)
+    else:
+        doc["sources"] = [e.model_dump(mode="json", exclude_none=True) for e in recipe.sources]
     # same canonical form as catalog.hashing.canonical_json (sorted keys, no spaces, UTF-8 kept)
     text = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     return text, hashlib.sha256(text.encode("utf-8")).hexdigest()
@@ -277,6 +361,7 @@ def bundled_recipe_for(dataset: str) -> Path | None:
             data = yaml.safe_load(p.read_text(encoding="utf-8"))
         except (OSError, yaml.YAMLError):
             continue
-        if isinstance(data, dict) and data.get("name") == name and "steps" in data and "source" in data:
+        if isinstance(data, dict) and data.get("name") == name and "steps" in data \
+                and ("source" in data or "sources" in data):
             return p
     return None
