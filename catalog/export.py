@@ -61,9 +61,12 @@ def _write_parquet(ds, out_dir: Path, stem: str, shard_rows: int | None, overwri
     per_shard = rows if shard_rows is None else shard_rows
     batches = _batches(ds)
     pending: pa.RecordBatch | None = None
+    from catalog.writer import plain_schema
+
+    schema = plain_schema(ds.schema)
     for path in paths:
         tmp = path.with_name(f".{path.name}.tmp")
-        with pq.ParquetWriter(tmp, ds.schema) as writer:
+        with pq.ParquetWriter(tmp, schema) as writer:
             left = per_shard
             while left > 0:
                 if pending is None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -71,11 +72,42 @@ def _properties(ds: LanceDataset, version: int) -> dict[str, str] | None:
     return tx.transaction_properties if tx is not None else None
 
 
+# Lance's default for strings in its 2.x files (FSST/zstd-like) took most of a build's write time; lz4, per
+# column through Lance's field metadata, measured on 1.3M pairs: 0.55 s CPU vs 0.9 s, 69 MB vs 119 MB on disk,
+# reads 0.39 s vs 0.64 s. Set when a dataset's schema is written (create/overwrite); appends keep the base's.
+COMPRESSION_KEY, COMPRESSION = b"lance-encoding:compression", b"lz4"
+
+
+def lance_schema(schema: pa.Schema) -> pa.Schema:
+    """`schema` with lz4 asked for on its string and binary columns (a column that names its own compression
+    keeps it). Metadata only: the content hash and the values are the same."""
+    def encoded(f: pa.Field) -> pa.Field:
+        t = f.type
+        text = pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t) \
+            or pa.types.is_large_binary(t)
+        if not text or COMPRESSION_KEY in (f.metadata or {}):
+            return f
+        return f.with_metadata({**(f.metadata or {}), COMPRESSION_KEY: COMPRESSION})
+    return pa.schema([encoded(f) for f in schema], metadata=schema.metadata)
+
+
+def plain_schema(schema: pa.Schema) -> pa.Schema:
+    """`schema` without the storage setting lance_schema adds (what an export writes)."""
+    def plain(f: pa.Field) -> pa.Field:
+        rest = {k: v for k, v in (f.metadata or {}).items() if k != COMPRESSION_KEY}
+        return f.with_metadata(rest) if rest else f.remove_metadata()
+    return pa.schema([plain(f) for f in schema], metadata=schema.metadata)
+
+
+def _with_schema(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    return pa.Table.from_arrays(table.columns, schema=schema)    # zero-copy: only the field metadata differs
+
+
 def _content(base: LanceDataset | None, table: pa.Table, mode: str) -> tuple[str, list[bytes], int]:
     """(content hash, full-block digests, total rows) of the version this write will create."""
     if mode != "append" or base is None:
-        digests = hashing.block_digests(table)
-        return hashing.combine(table.schema, table.num_rows, digests), digests, table.num_rows
+        content = hashing.table_content(table)
+        return content.hash, content.digests, content.rows
     base_rows = base.count_rows()
     full = base_rows // hashing.BLOCK_ROWS
     start = full * hashing.BLOCK_ROWS
@@ -97,10 +129,14 @@ def write_version(cat: Catalog, name: str, table: pa.Table, *, message: str, use
             if mode == "create" and base is not None:
                 raise DatasetExists(name, base_version)
             data = conform_append(base.schema, table, name) if (mode == "append" and base is not None) else table
-            digest, blocks, rows = _content(base, data, mode)
             op_mode = "append" if (mode == "append" and base is not None) else \
                 ("overwrite" if base is not None else "create")
-            written = lance.fragment.write_fragments(data, uri, mode=op_mode, return_transaction=True)
+            files = data if op_mode == "append" else _with_schema(data, lance_schema(data.schema))
+            # the content hash is computed while Lance encodes and writes the files (both release the GIL)
+            with ThreadPoolExecutor(1, thread_name_prefix="prefdata-content") as pool:
+                content = pool.submit(_content, base, data, mode)
+                written = lance.fragment.write_fragments(files, uri, mode=op_mode, return_transaction=True)
+                digest, blocks, rows = content.result()
             rec = lineage.finish(prepared, message=message, mode=op_mode, base_version=base_version, rows=rows,
                                  rows_written=data.num_rows, content_hash=digest)
             n_full = rows // hashing.BLOCK_ROWS
@@ -160,10 +196,12 @@ def write_stream(cat: Catalog, name: str, batches: Iterable[pa.RecordBatch], sch
             raise DatasetExists(name, base.version)
         hasher = hashing.StreamHasher(schema)
         failed: list[BaseException] = []
-        reader = pa.RecordBatchReader.from_batches(schema, _hashed(batches, schema, hasher, name, failed))
+        files = lance_schema(schema)
+        reader = pa.RecordBatchReader.from_batches(files, (pa.RecordBatch.from_arrays(b.columns, schema=files)
+                                                           for b in _hashed(batches, schema, hasher, name, failed)))
         op_mode = "overwrite" if base is not None else "create"
         try:
-            written = lance.fragment.write_fragments(reader, uri, schema=schema, mode=op_mode,
+            written = lance.fragment.write_fragments(reader, uri, schema=files, mode=op_mode,
                                                      return_transaction=True)
         except Exception:
             if failed:       # the producer's own error (a SchemaError, a step failure), not Lance's wrapper

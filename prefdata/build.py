@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import shutil
 import time
+from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -142,9 +143,12 @@ def load_one(src, path: Path | None, store_name: str, cat) -> _Source:
                       media_dir=Path(root) if root is not None else None)
     name = store_name
     latest = _latest(cat, name)
-    chash = content_hash(res.table)
+    # the rows are hashed here only when a stored source could hold them; else the write hashes them while
+    # Lance writes (the same table object: hashed once either way)
+    stored = latest is not None or any(n.endswith("-source") for n in cat.names())
+    chash = content_hash(res.table) if stored else None
     same = latest is not None and latest.get("content_hash") == chash
-    shared = None if same else shared_source(cat, chash)
+    shared = None if same or chash is None else shared_source(cat, chash)
     dropped = sum(res.drops.values())
     prompts = pc.count_distinct(res.table.column("prompt_id")).as_py() if res.table.num_rows else 0
     line = f"{res.format} {path.name} ({prompts:,} prompts) → {res.table.num_rows:,} {res.kind} rows"
@@ -337,7 +341,7 @@ def run_recipe(recipe_path: Path | str | None, catalog, *, engine: str = "local"
                                         table.num_rows, n_parts, bias)
     from catalog.hashing import content_hash
 
-    same = identical_build(cat, recipe.name, config_sha, inputs, content_hash(table))
+    same = identical_build(cat, recipe.name, config_sha, inputs, lambda: content_hash(table))
     if same is not None:
         latest = _latest(cat, recipe.name)["version"]
         version, written = same, False
@@ -434,11 +438,13 @@ def _lineage(recipe: Recipe, source: _Source, reports: list[StepReport], file: s
     return inputs, message, lineage
 
 
-def identical_build(cat, name: str, config_sha: str, inputs: list[str], chash: str) -> int | None:
+def identical_build(cat, name: str, config_sha: str, inputs: list[str], chash: str | Callable[[], str]) -> int | None:
     """The newest version of `name` that already holds this build (same recipe config, same inputs, same rows),
-    whichever version is latest: a reference pass or another build after it does not make a rebuild new."""
+    whichever version is latest: a reference pass or another build after it does not make a rebuild new.
+    `chash` may be a function, called only when `name` has versions (a first build is not hashed twice)."""
     if name not in cat.names():
         return None
+    chash = chash() if callable(chash) else chash
     for v in reversed(cat.versions(name)):
         if v.get("content_hash") == chash:
             lin = cat.lineage(name, v["version"])
