@@ -73,6 +73,23 @@ def _lengths(s: pl.Series) -> list[int]:
     return s.str.len_chars().drop_nulls().to_list()
 
 
+def _length_bias(df: pl.DataFrame) -> dict[str, Any]:
+    """Pairs: the length bias (builders/length_bias.py: characters, share chosen longer, mean ratio), log2 of
+    each pair's chosen/rejected length ratio (pairs with both texts non-empty), and the share per source."""
+    from builders import length_bias
+
+    lens = df.select(pl.col("chosen").str.len_chars().alias("c"), pl.col("rejected").str.len_chars().alias("r"))
+    both = lens.filter((pl.col("c") > 0) & (pl.col("r") > 0))
+    out: dict[str, Any] = {"length_bias": length_bias.summarize(length_bias.pairs_counts(df)),
+                           "log2_length_ratio": (both["c"] / both["r"]).log(2).to_list()}
+    if "source" in df.columns:
+        per = (pl.DataFrame({"source": df["source"].cast(pl.String).fill_null("null"),
+                             "longer": lens["c"] > lens["r"]})
+               .group_by("source").agg(pl.col("longer").mean()).sort("source"))
+        out["length_bias_by_source"] = dict(per.iter_rows())
+    return out
+
+
 def dataset_stats(table: pa.Table, kind: str, lineage: dict) -> dict[str, Any]:
     """Everything the plots show, as plain numbers (also written to report.json)."""
     df = pl.from_arrow(table)
@@ -90,6 +107,7 @@ def dataset_stats(table: pa.Table, kind: str, lineage: dict) -> dict[str, Any]:
         st["stage_sizes"] = {int(s): int(n) for s, n in
                              df.group_by("stage").len().sort("stage").iter_rows()}
         st["lengths"] = {"chosen": _lengths(df["chosen"]), "rejected": _lengths(df["rejected"])}
+        st.update(_length_bias(df))
         st["agreement"] = scorer_agreement(table) or {}
     elif kind == "responses":
         if "score" in df.columns:
@@ -293,6 +311,17 @@ def _charts(st: dict, runs: list[dict]) -> list[tuple[str, str]]:
     if st["lengths"]:
         title = "chosen vs rejected length" if st["kind"] == "pairs" else "response length"
         charts.append(("lengths", svg.histogram(st["lengths"], title, "characters")))
+    if st.get("length_bias"):
+        lb = st["length_bias"]
+        title = "length ratio" + (f": chosen longer in {lb['chosen_longer_share'] * 100:.1f} %" if lb.get("pairs")
+                                  else "")
+        charts.append(("length_bias", svg.histogram({"pairs": st["log2_length_ratio"]}, title,
+                                                    "log2(chosen / rejected characters); > 0: chosen longer")))
+        if st.get("length_bias_by_source"):
+            by = st["length_bias_by_source"]
+            charts.append(("length_bias", svg.bars(list(by), [round(v * 100, 1) for v in by.values()],
+                                                             "share of pairs whose chosen is longer, by source",
+                                                             "source", "% of pairs")))
     if st.get("agreement"):
         names = sorted({n for k in st["agreement"] for n in k.split(" vs ")})
         m = {tuple(k.split(" vs ")): v["agree"] for k, v in st["agreement"].items()}
@@ -387,6 +416,7 @@ def render_html(name: str, version: int, lineage: dict, chain: list[dict], st: d
                       else "Training runs on this version")
     sections = {"eval": "Evaluation: model vs baseline", "scores": "Score distributions", "margin": "Margins",
                 "per_prompt": "Per prompt", "stages": "Curriculum stages", "steps": "Build steps", "lengths": "Lengths",
+                "length_bias": "Length bias",
                 "agreement": "Scorer agreement", "training": training_title}
     body = []
     for key, title in sections.items():
@@ -468,6 +498,7 @@ def write_report(cat, ref: str, out_dir: Path | str) -> Path:
                "stage_sizes": st.get("stage_sizes"), "agreement": st.get("agreement"), "steps": st["steps"],
                "pairs_per_prompt": _describe(st.get("per_prompt")), "margin": _describe(st.get("margin")),
                "lengths": {k: _describe(v) for k, v in st["lengths"].items()},
+               "length_bias": st.get("length_bias"), "length_bias_by_source": st.get("length_bias_by_source"),
                "scores": {s: {k: _describe(v) for k, v in d.items()} for s, d in st["scores"].items()},
                "training_runs": _runs_json(runs), "evaluations": evaluations,
                "lineage_chain": [c["ref"] for c in chain]}
