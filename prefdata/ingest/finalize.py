@@ -69,6 +69,8 @@ def _prompt_ids(df: pl.DataFrame) -> list[str]:
 
 
 def _duplicates(df: pl.DataFrame, keys: list[str], plan: Plan, p: Problems, *, what: str) -> pl.DataFrame:
+    if not df.select(keys).is_duplicated().any():   # the usual case: one hashing pass, none of the windows below
+        return df
     has_item = ITEM in df.columns
     first_row = pl.col(ROW).first().over(keys)
     df = df.with_columns(first_row.alias("_dup_row"),

@@ -256,7 +256,7 @@ def _from_arrow(table: pa.Table, schema: pa.Schema, problems: Problems, containe
             problems.record(rows[idx], f"expected {expected}, got {got}", reason=f"mistyped {f.name}", column=path)
             bad_rows.add(idx)
         cols[f.name] = values
-    keep = [i for i in range(n) if i not in bad_rows]
+    keep = [i for i in range(n) if i not in bad_rows] if bad_rows else range(n)   # no per-row list when all are good
     problems.rows_in += len(keep)
     if bad_rows:
         idx = pa.array(keep, pa.int64())
@@ -270,7 +270,7 @@ def _from_arrow(table: pa.Table, schema: pa.Schema, problems: Problems, containe
             continue
         col = table.column(c)
         out = out.append_column(c, col.take(pa.array(keep, pa.int64())) if bad_rows else col)
-    return Loaded(out.combine_chunks(), [rows[i] for i in keep], container, tuple(carried))
+    return Loaded(out.combine_chunks(), [rows[i] for i in keep] if bad_rows else rows, container, tuple(carried))
 
 
 def _from_objects(objs: list[dict], rows: list[int], schema: pa.Schema, problems: Problems,
