@@ -18,7 +18,8 @@ sources as read. For each source, in entry order:
    "not chosen (max_rows)"). The prompts left are the source's *available* prompts a_i;
 4. weights: the entries with a `weight` share the weighted total T in proportion to their weights w_i.
    T is the largest total that respects every weighted source's share and availability:
-   T = min_i floor(a_i * W / w_i) with W = sum of the weights (exact rational arithmetic), and source i gets
+   T = min_i floor(a_i * W / w_i) with W = sum of the weights (exact rational arithmetic on the weights as
+   written: 0.3 is 3/10), and source i gets
    n_i prompts by largest remainder: floor(T w_i / W) each, and the T - sum of floors left over go one each
    to the largest remainders (ties: the earlier entry). n_i <= a_i always holds (T w_i / W <= a_i and a_i is
    whole). Source i keeps the first n_i of its available prompts; the others are "not chosen (weight)".
@@ -141,8 +142,8 @@ def _prompts(df: pl.DataFrame, seed: int) -> pl.DataFrame:
 
 def weighted_counts(available: list[int], weights: list[float]) -> tuple[int, list[int]]:
     """(T, n_i): the largest total respecting every share and availability, apportioned by largest remainder
-    (ties: the earlier entry). Exact: weights are read as the rationals their floats are."""
-    w = [Fraction(x) for x in weights]
+    (ties: the earlier entry). Exact: a weight is read as the decimal it is written as (repr), 0.3 as 3/10."""
+    w = [Fraction(repr(float(x))) for x in weights]
     total_w = sum(w)
     t = min(math.floor(a * total_w / wi) for a, wi in zip(available, w, strict=True))
     quotas = [t * wi / total_w for wi in w]
