@@ -16,7 +16,10 @@ class StepSpec:
     inputs: tuple[str, ...]          # table kinds the step accepts
 
     def load(self):
-        mod = importlib.import_module(self.module)
+        from prefdata.extras import needs_train
+
+        with needs_train(f"step module {self.module}"):   # the video steps' module imports torch
+            mod = importlib.import_module(self.module)
         return getattr(mod, self.config), getattr(mod, self.fn)
 
 

@@ -25,6 +25,7 @@ import pyarrow.compute as pc
 import prefdata
 from builders.base import Built, StepContext
 from prefdata.errors import DatasetNotFound, RecipeError, SchemaError
+from prefdata.extras import needs_train
 from prefdata.recipe import Recipe, RecipeStep, canonical_config, check_kind, load_recipe
 from prefdata.schema import conform, contract, validate
 
@@ -243,7 +244,8 @@ def run_step(step: RecipeStep, frame: pl.LazyFrame, kind: str, ctx: StepContext,
     (mixture builds): the accounting is also split by the `source` column (prefdata/mixture.py)."""
     check_kind(step, kind, file)
     t0 = time.perf_counter()
-    built: Built = runner(step, frame, ctx)
+    with needs_train(f"{step.yaml_path} ({step.name})"):     # a model step (generate, score with a model)
+        built: Built = runner(step, frame, ctx)
     df = built.frame.collect() if isinstance(built.frame, pl.LazyFrame) else built.frame
     rows_in = built.rows_in if built.rows_in is not None else frame.select(pl.len()).collect().item()
     dropped = sum(built.drops.values())

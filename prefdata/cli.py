@@ -454,6 +454,9 @@ def train(
 
     A recipe with a top-level `denoiser:` section trains a diffusion model (Diffusion-DPO family); one with a
     top-level `vlm:` section trains a vision-language model on multi-image pairs (MIA-DPO)."""
+    from prefdata.extras import require_train
+
+    require_train("prefdata train")
     from training.progress import quiet_library_bars
 
     quiet_library_bars()
@@ -522,6 +525,9 @@ def eval_(
 ):
     """Evaluate a checkpoint against a baseline: win rate with its interval, length-controlled win rate, KL,
     per-scorer means, held-out preference metrics; the per-prompt table becomes a catalog version."""
+    from prefdata.extras import require_train
+
+    require_train("prefdata eval")
     from prefdata.evaluate import result_dict, run_eval, summary_table
 
     cat = _open_catalog(catalog, must_exist=False)
@@ -591,6 +597,9 @@ def iterate(
     as_json: JsonOpt = False,
 ):
     """Rounds of generate -> build -> train -> eval from the current policy; every round in the catalog."""
+    from prefdata.extras import require_train
+
+    require_train("prefdata iterate")
     from prefdata.iterate import iterate as run_rounds
 
     summary = run_rounds(recipe, catalog=_open_catalog(catalog, must_exist=False), resume=resume)
