@@ -215,8 +215,36 @@ def mix(parts: list[tuple[Take, pl.DataFrame]], seed: int) -> Mixed:
         if tally.drops:
             by_source[take.name] = dict(tally.drops)
         tallies[take.name] = tally.as_dict(take)
+    _check_types([(t.name, f) for (t, *_), f in zip(chosen_order, frames, strict=True)])
     frame = pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()
     return Mixed(frame, tallies, total, dict(sorted(drops.items())), by_source)
+
+
+def _compatible(a: pl.DataType, b: pl.DataType) -> bool:
+    """Types the concatenation may unify without changing a value's meaning: equal, numbers, structs (fields
+    are merged, missing ones null), lists of compatible items, or a column of nulls."""
+    if a == b or pl.Null in (a, b):
+        return True
+    if a.is_numeric() and b.is_numeric():
+        return True
+    if isinstance(a, pl.Struct) and isinstance(b, pl.Struct):
+        fa, fb = {f.name: f.dtype for f in a.fields}, {f.name: f.dtype for f in b.fields}
+        return all(_compatible(fa[k], fb[k]) for k in fa.keys() & fb.keys())
+    if isinstance(a, pl.List) and isinstance(b, pl.List):
+        return _compatible(a.inner, b.inner)
+    return False
+
+
+def _check_types(frames: list[tuple[str, pl.DataFrame]]) -> None:
+    """Same-named columns of two sources must be compatible (no text made of a struct, ...): SchemaError."""
+    seen: dict[str, tuple[str, pl.DataType]] = {}
+    for name, df in frames:
+        for col, dtype in df.schema.items():
+            if col in seen and not _compatible(seen[col][1], dtype):
+                raise SchemaError(f"mixture sources {seen[col][0]!r} and {name!r} disagree on column {col!r}: "
+                                  f"{seen[col][1]} vs {dtype} (rename it in one of them, or map it)", column=col,
+                                  expected=str(seen[col][1]))
+            seen.setdefault(col, (name, dtype))
 
 
 def _counts(reasons: pl.Series) -> dict[str, int]:

@@ -146,6 +146,23 @@ def test_caps_and_identical_rebuild(data, tmp_path):
     assert not again.written and again.version == res.version
 
 
+def test_catalog_dataset_entries(data, tmp_path):
+    from prefdata.ingest import ingest_to_catalog
+
+    cat = Catalog.open(tmp_path / "cat")
+    ingest_to_catalog(cat, data / "a.jsonl", name="a-in", mapping={"prompt": "q", "response": "answer",
+                                                                  "score": "rating"})
+    ingest_to_catalog(cat, data / "b.jsonl", format="trl", name="b-in")
+    p = data / "from_catalog.yaml"
+    p.write_text("name: dsmix\nsources:\n  - {name: A, dataset: a-in, weight: 1}\n"
+                 "  - {name: B, dataset: b-in@1, unpair: true, weight: 1}\nsteps: [rank: {by: score}]\n")
+    res = run_recipe(p, cat, progress=False)
+    assert res.inputs == ["a-in@1", "b-in@1"] and not res.source_version_written
+    t = res.steps[0].info["sources"]
+    assert (t["A"]["prompts_kept"], t["B"]["prompts_kept"], t["B"]["rows_in"]) == (6, 6, 20)
+    assert "dsmix-A-source" not in cat.names()
+
+
 def test_config_hash_of_single_source_recipes_unchanged():
     # the new recipe keys and pairs options leave every earlier recipe's canonical config as it was
     text, sha = canonical_config(load_recipe(ROOT / "examples" / "recipes" / "default.yaml"))

@@ -101,6 +101,17 @@ def test_errors_name_the_source():
         mix([(Take("A", weight=1), source("a", 2)), (Take("B", weight=1), source("a", 2))], seed=0)
     with pytest.raises(SchemaError, match="no column 'prompt_id'"):
         mix([(Take("A"), pl.DataFrame({"x": [1]}))], seed=0)
+    structs = source("a", 1).with_columns(scores=pl.struct(x=pl.lit(1.0)))
+    with pytest.raises(SchemaError, match=r"'A' and 'B' disagree on column 'scores': Struct.* vs String"):
+        mix([(Take("A"), structs), (Take("B"), source("b", 1).with_columns(scores=pl.lit("text")))], seed=0)
+
+
+def test_compatible_columns_are_unified():
+    a = source("a", 1).with_columns(scores=pl.struct(x=pl.lit(1.0)), n=pl.lit(1, pl.Int32))
+    b = source("b", 1).with_columns(scores=pl.struct(y=pl.lit(2.0)), n=pl.lit(2.5))
+    m = mix([(Take("A"), a), (Take("B"), b)], seed=0)
+    assert m.frame["scores"].to_list() == [{"x": 1.0, "y": None}, {"x": None, "y": 2.0}]
+    assert m.frame["n"].to_list() == [1.0, 2.5]
 
 
 def test_unpair():
