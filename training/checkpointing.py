@@ -100,7 +100,7 @@ def disk_use(out_dir: Path) -> dict:
 
 
 RESUMABLE_CHANGES = ("output_dir", "train.save_every", "train.log_every", "train.save_total_limit",
-                     "train.optimizer_state")
+                     "train.optimizer_state", "train.sr_adamw")
 
 
 def check_resumable(out_dir: Path, dataset_ref: str, recipe: dict, allowed: tuple[str, ...] = RESUMABLE_CHANGES) -> None:

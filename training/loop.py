@@ -46,7 +46,7 @@ from training.packing import resolve_layout, split_by_tokens
 from training.plan import Step, stage_starts
 from training.recipe import TrainRecipe
 from training.refresh import refresh_reference
-from training.sr_adamw import make_adamw
+from training.sr_adamw import make_adamw, resolve_sr_impl
 from training.step_stats import StepStats
 from training.unpaired import UnpairedMicro
 
@@ -204,7 +204,10 @@ class Trainer(StepLoop):
         head_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.acc.mixed_precision)
         model = SequenceLogps(s.lm, chunk=t.logp_chunk, compute_dtype=head_dtype, reference=s.online_ref)
         params = [p for p in model.parameters() if p.requires_grad]
-        opt = make_adamw(params, lr=t.lr, weight_decay=t.weight_decay, master_weights=t.master_weights, seed=t.seed)
+        sr = resolve_sr_impl(t.sr_adamw, self.acc.device) if t.master_weights == "bf16" else "bucketed"
+        opt = make_adamw(params, lr=t.lr, weight_decay=t.weight_decay, master_weights=t.master_weights, seed=t.seed,
+                         sr_impl=sr)
+        s.info["optimizer"] = f"sr_adamw {sr}" if t.master_weights == "bf16" else "adamw fused"
         warmup = int(round(t.warmup_ratio * len(s.plan)))
         self.sched = get_cosine_schedule_with_warmup(opt, warmup, max(1, len(s.plan)))
         self.model, self.opt = self.acc.prepare(model, opt)

@@ -62,6 +62,10 @@ class TrainSection(_Section):
         "fp32", description="fp32: weights, gradients and AdamW moments in fp32 (16 bytes per trained parameter; "
         "bf16 compute under autocast); bf16: all of them in bf16 (8 bytes), the AdamW update written back with "
         "stochastic rounding so small steps are not lost (training/sr_adamw.py)")
+    sr_adamw: Literal["auto", "bucketed", "compiled"] = Field(
+        "auto", description="the bf16 stochastic-rounding AdamW (master_weights bf16): bucketed = fp32 math on "
+        "buckets in ~30 eager kernels; compiled = one torch.compile'd kernel per bucket (needs a C++ compiler); "
+        "auto = compiled on a CPU (measured faster), bucketed on a GPU until measured there")
     logp_chunk: int | None = Field(None, ge=1, description="positions per LM-head chunk; None = auto")
     token_budget: int | None = Field(None, ge=64, description="padded tokens per forward(+backward) sub-batch "
                                      "(packed layout: real tokens per packed row); None = auto (GPU: from free "
@@ -82,6 +86,12 @@ class TrainSection(_Section):
         if self.layout == "shared" and self.attention not in ("auto", "sdpa", "eager"):
             raise ValueError(f"the shared layout needs a 4-D block mask, which {self.attention} does not take: "
                              "use layout rows or packed")
+        return self
+
+    @model_validator(mode="after")
+    def _sr_adamw_needs_bf16_weights(self):
+        if self.sr_adamw != "auto" and self.master_weights != "bf16":
+            raise ValueError("sr_adamw picks the bf16 master weights' optimizer; it needs master_weights: bf16")
         return self
 
     @model_validator(mode="after")

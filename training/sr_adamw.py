@@ -19,11 +19,15 @@ processes draw identical noise (their weights stay identical) and a resumed run 
 from __future__ import annotations
 
 import math
+import os
+import shutil
 
 import torch
 
-LOW16 = 1 << 16
-HIGH16_MASK = -LOW16  # 0xFFFF0000 as a signed int32: keeps sign, exponent and the top 7 mantissa bits
+from prefdata.errors import RecipeError
+from training.sr_adamw_fused import HIGH16_MASK, LOW16, fused_bucket_update, scalars
+
+# LOW16 = 2**16; HIGH16_MASK = 0xFFFF0000 as a signed int32: keeps sign, exponent and the top 7 mantissa bits
 
 
 def round_stochastic_bf16(x: torch.Tensor, generator: torch.Generator | None = None, *,
@@ -42,11 +46,19 @@ def round_stochastic_bf16(x: torch.Tensor, generator: torch.Generator | None = N
     return bits.view(torch.float32).to(torch.bfloat16)  # exact: the low 16 bits are zero
 
 
+def noise_bits(n: int, device, generator: torch.Generator | None) -> torch.Tensor:
+    """[n] int32 of random bits: the one draw per bucket both implementations split into their two noises."""
+    return torch.randint(-2**31, 2**31 - 1, (n,), dtype=torch.int32, device=device, generator=generator)
+
+
 def two_noises(n: int, device, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
     """Two independent [n] int32 tensors of 16-bit noise from ONE 32-bit draw (its low and high halves): the
     draw is a full pass over memory, so the weights and the second moment share it."""
-    r = torch.randint(-2**31, 2**31 - 1, (n,), dtype=torch.int32, device=device, generator=generator)
+    r = noise_bits(n, device, generator)
     return r.bitwise_and(LOW16 - 1), r.bitwise_right_shift(16).bitwise_and_(LOW16 - 1)
+
+
+SR_IMPLS = ("bucketed", "compiled")
 
 
 class StochasticRoundingAdamW(torch.optim.Optimizer):
@@ -54,11 +66,13 @@ class StochasticRoundingAdamW(torch.optim.Optimizer):
     parameters' dtype; bf16 parameters and moments are written with stochastic rounding (module doc)."""
 
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.0, *, seed: int = 0, bucket_elems: int = 1 << 23):
+                 weight_decay: float = 0.0, *, seed: int = 0, bucket_elems: int = 1 << 23, impl: str = "bucketed"):
         if lr < 0 or eps < 0 or weight_decay < 0 or not all(0 <= b < 1 for b in betas):
             raise ValueError(f"invalid AdamW hyperparameters: lr={lr} betas={betas} eps={eps} wd={weight_decay}")
+        if impl not in SR_IMPLS:
+            raise ValueError(f"impl {impl!r}: expected one of {SR_IMPLS}")
         super().__init__(params, {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay})
-        self.seed, self.bucket_elems = seed, int(bucket_elems)
+        self.seed, self.bucket_elems, self.impl = seed, int(bucket_elems), impl
         self._generators: dict[str, torch.Generator] = {}
         self._pending_rng: dict[str, torch.Tensor] = {}
 
@@ -118,6 +132,13 @@ class StochasticRoundingAdamW(torch.optim.Optimizer):
             for device, dtype, step, segs in self._buckets(group):
                 t = step + 1
                 work = torch.promote_types(dtype, torch.float32)  # fp32 math for bf16/fp16, fp64 stays fp64
+                if self.impl == "compiled":   # one fused kernel per bucket, the same noise (sr_adamw_fused.py)
+                    bits = noise_bits(sum(e - s for _, s, e in segs), device, self._generator(device)) \
+                        if dtype == torch.bfloat16 else None
+                    fused_bucket_update(segs, self.state, scalars(lr, (b1, b2), eps, wd, t, dtype=work, device=device),
+                                        bits, decay=bool(wd))
+                    stepped.update(id(p) for p, _, _ in segs)
+                    continue
                 dst = [[p.view(-1)[s:e] for p, s, e in segs],
                        [self.state[p]["exp_avg"].view(-1)[s:e] for p, s, e in segs],
                        [self.state[p]["exp_avg_sq"].view(-1)[s:e] for p, s, e in segs]]
@@ -161,11 +182,35 @@ class StochasticRoundingAdamW(torch.optim.Optimizer):
         self._pending_rng = {k: v.cpu() for k, v in rng.items()}
 
 
+def resolve_sr_impl(requested: str, device) -> str:
+    """`auto` -> the implementation measured faster on that device type (AUTO_SR_IMPL; docs/training.md, "Fused
+    SR AdamW"), bucketed where torch.compile cannot build kernels (no C++ compiler). `compiled` without a
+    compiler is a RecipeError here, before training starts."""
+    if requested == "bucketed":
+        return requested
+    if requested == "compiled":
+        if not compiler_available():
+            raise RecipeError("train.sr_adamw compiled builds its kernel with torch.compile, which needs a C++ "
+                              "compiler (g++/clang++ or $CXX) on PATH; use bucketed", path="train.sr_adamw")
+        return requested
+    want = AUTO_SR_IMPL[torch.device(device).type == "cuda"]
+    return want if want == "bucketed" or compiler_available() else "bucketed"
+
+
+# {on CUDA?: impl}. CPU: compiled measured 2.5-3.5x faster per step (40M bf16 values, after the one-time compile);
+# CUDA: not measured yet (no GPU in that session; benchmarks/gpu/bench_gpu_packed.py measures both)
+AUTO_SR_IMPL = {False: "compiled", True: "bucketed"}
+
+
+def compiler_available() -> bool:
+    return any(shutil.which(c) for c in (os.environ.get("CXX"), "g++", "clang++", "c++") if c)
+
+
 def make_adamw(params: list[torch.nn.Parameter], *, lr: float, weight_decay: float, master_weights: str = "fp32",
-               seed: int = 0) -> torch.optim.Optimizer:
+               seed: int = 0, sr_impl: str = "bucketed") -> torch.optim.Optimizer:
     """The trainers' optimizer: torch's fused AdamW (one kernel per step instead of a dozen per parameter; CPU
     ~8x faster, no temporaries) for fp32 master weights, the stochastic-rounding AdamW for bf16 ones."""
     if master_weights == "bf16":
-        return StochasticRoundingAdamW(params, lr=lr, weight_decay=weight_decay, seed=seed)
+        return StochasticRoundingAdamW(params, lr=lr, weight_decay=weight_decay, seed=seed, impl=sr_impl)
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay,
                              fused=all(p.is_floating_point() for p in params))
