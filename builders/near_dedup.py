@@ -50,6 +50,7 @@ from prefdata.errors import SchemaError
 CLUSTER, RESPONSE_CLUSTER = "cluster_id", "response_cluster_id"
 # a prompt's first row in the step's input; a partitioned build replaces it with the source row of that row
 ORDER = "__pfirst"
+TEXTS_PER_SLICE = 8_192           # texts per features pass (measured: faster and ~1/4 the transient memory of 65k)
 ROWS, SCORE, HAS, SIG, BANDS, SKETCH, LABEL, KEPT, DROP = (
     "__rows", "__score", "__has", "__sig", "__bands", "__sketch", "__label", "__kept", "__drop")
 
@@ -107,10 +108,21 @@ class Features:
 
 
 def features(texts: pl.Series, cfg: NearDedupConfig, seed: int) -> Features:
-    sig, has = signatures(shingle_hashes(texts, cfg.shingle, cfg.shingle_unit), cfg.num_perm, seed)
+    """LSH features of every text, computed in slices so the full signatures (4 x num_perm bytes a text) are
+    never all held at once."""
     b, r = cfg.lsh()
-    return Features(has, band_keys(sig, b, r), band_keys(sig, 1, cfg.num_perm)[:, 0],
-                    sketch(sig) if cfg.verify else None)
+    parts = []
+    for start in range(0, len(texts), TEXTS_PER_SLICE):
+        sig, has = signatures(shingle_hashes(texts.slice(start, TEXTS_PER_SLICE), cfg.shingle, cfg.shingle_unit),
+                              cfg.num_perm, seed)
+        parts.append(Features(has, band_keys(sig, b, r), band_keys(sig, 1, cfg.num_perm)[:, 0],
+                              sketch(sig) if cfg.verify else None))
+    if not parts:
+        return Features(np.zeros(0, bool), np.zeros((0, b), np.uint64), np.zeros(0, np.uint64),
+                        np.zeros((0, cfg.num_perm), np.uint8) if cfg.verify else None)
+    return Features(np.concatenate([p.has for p in parts]), np.concatenate([p.keys for p in parts]),
+                    np.concatenate([p.sig_id for p in parts]),
+                    np.concatenate([p.sketch for p in parts]) if cfg.verify else None)
 
 
 def _labels(f: Features, cfg: NearDedupConfig, scope: np.ndarray | None = None):
@@ -156,17 +168,23 @@ def prompt_units(frame: pl.LazyFrame, cfg: NearDedupConfig, ctx: StepContext) ->
     kind = table_kind(schema)
     size = pl.col("responses").list.len().sum() if kind == "lists" else pl.len()
     score = _score_expr(schema, kind) if cfg.keep == "best_score" else pl.lit(None, pl.Float64)
-    per = (frame.with_row_index(ORDER).group_by("prompt_id", maintain_order=True)
-           .agg(pl.col(ORDER).first(), pl.col("prompt").first(), size.cast(pl.Int64).alias(ROWS),
-                score.alias(SCORE))
-           .collect())
-    if per["prompt_id"].null_count():
+    cols = frame.select("prompt_id", "prompt").collect()      # the input's buffers, not a copy
+    if cols["prompt_id"].null_count():
         raise SchemaError("near_dedup: column 'prompt_id' is null in some rows", column="prompt_id",
                           expected="non-null string")
-    f = features(per["prompt"], cfg, _seed(cfg, ctx))
+    # each prompt's first row; the text is only gathered when some prompt has several rows
+    first = cols["prompt_id"].is_first_distinct()
+    texts = cols["prompt"] if first.all() else cols["prompt"].filter(first)
+    per = cols.select("prompt_id").with_row_index(ORDER).filter(first)
+    del cols
+    stats = frame.group_by("prompt_id").agg(size.cast(pl.Int64).alias(ROWS), score.alias(SCORE)).collect()
+    per = per.join(stats, on="prompt_id", how="left", maintain_order="left")
+    f = features(texts, cfg, _seed(cfg, ctx))
     n = per.height
 
     def full(a: np.ndarray) -> np.ndarray:   # rows for every prompt (zeros where there are no shingles)
+        if len(a) == n:
+            return a
         out = np.zeros((n, *a.shape[1:]), dtype=a.dtype)
         out[f.has] = a
         return out
@@ -174,7 +192,7 @@ def prompt_units(frame: pl.LazyFrame, cfg: NearDedupConfig, ctx: StepContext) ->
     cols = [pl.Series(HAS, f.has), pl.Series(SIG, full(f.sig_id)), pl.Series(BANDS, full(f.keys))]
     if f.sketch is not None:
         cols.append(pl.Series(SKETCH, full(f.sketch)))
-    return per.drop("prompt").with_columns(cols)
+    return per.with_columns(cols)
 
 
 @dataclass(frozen=True)
@@ -186,12 +204,13 @@ class NearDedupPlan:
 
 def plan_near_dedup(units: pl.DataFrame, cfg: NearDedupConfig, ctx: StepContext) -> NearDedupPlan:
     """Clusters over the per-prompt table of the whole input (prompt_units of every partition, any order)."""
-    units = units.sort(ORDER)
+    # components do not depend on row order and the representative is chosen by ORDER below, so the (wide)
+    # table is used as it comes, without a sorted copy
     has = units[HAS].to_numpy()
-    sub = units.filter(pl.col(HAS))
-    f = Features(has, sub[BANDS].to_numpy(), sub[SIG].to_numpy(),
-                 sub[SKETCH].to_numpy() if cfg.verify else None)
+    f = Features(has, units[BANDS].to_numpy()[has], units[SIG].to_numpy()[has],
+                 units[SKETCH].to_numpy()[has] if cfg.verify else None)
     labels, lsh_info = _labels(f, cfg)
+    del f
     pick = {"first": ([ORDER], [False]), "most_responses": ([ROWS, ORDER], [True, False]),
             "best_score": ([SCORE, ORDER], [True, False])}[cfg.keep]
     units = units.select("prompt_id", ORDER, ROWS, SCORE).with_columns(pl.Series(LABEL, labels))
@@ -218,6 +237,14 @@ def plan_near_dedup(units: pl.DataFrame, cfg: NearDedupConfig, ctx: StepContext)
     return NearDedupPlan(assignment, info, summary)
 
 
+def with_prompt_columns(frame: pl.LazyFrame, per_prompt: pl.DataFrame) -> pl.LazyFrame:
+    """`frame` with the columns of `per_prompt` (keyed by prompt_id) added: only the key column is joined, so
+    the input's columns are shared with the output, not copied."""
+    looked_up = frame.select("prompt_id").join(per_prompt.lazy(), on="prompt_id", how="left",
+                                                maintain_order="left").drop("prompt_id")
+    return pl.concat([frame, looked_up], how="horizontal")
+
+
 def apply_near_dedup(frame: pl.LazyFrame, cfg: NearDedupConfig, plan: NearDedupPlan) -> Built:
     """The input with the plan's cluster_id; with action drop, the rows of non-kept prompts dropped."""
     schema = frame.collect_schema()
@@ -225,8 +252,7 @@ def apply_near_dedup(frame: pl.LazyFrame, cfg: NearDedupConfig, plan: NearDedupP
     reason = pl.lit(None, pl.String)
     if cfg.action == "drop":
         reason = pl.when(pl.col(KEPT).is_not_null()).then(pl.lit("near-duplicate of prompt ") + pl.col(KEPT))
-    df = (base.join(plan.assignment.lazy(), on="prompt_id", how="left", maintain_order="left")
-          .with_columns(reason.alias(DROP)).collect())
+    df = with_prompt_columns(base, plan.assignment).with_columns(reason.alias(DROP)).collect()
     drops = count_reasons(df, DROP)
     out = df.filter(pl.col(DROP).is_null()).drop(KEPT, DROP)
     return Built(out.lazy(), table_kind(schema), drops=drops, rows_in=df.height, rows_kept=out.height,
