@@ -1,6 +1,6 @@
 """Benchmark: the `decontaminate` step vs a hand-written DuckDB n-gram join, same data, same matches asserted.
 
-Data (benchmarks/synthetic_prompts.py, seeded): N prompts and M benchmark prompts (another seed), 20-90 words
+Data (benchmarks/hygiene_kit.py, seeded): N prompts and M benchmark prompts (another seed), 20-90 words
 each; `--rate` (default 0.5 %) of the prompts get a run of 13-20 consecutive words of a random benchmark item
 inserted at a random word position. Benchmark written as parquet (id, prompt).
 
@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,13 +31,14 @@ import polars as pl
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
+
+from hygiene_kit import corpus, report, spawn, texts  # noqa: E402
+
 NGRAM = 13
 
 
 def make_data(n: int, m: int, rate: float, seed: int, out: Path) -> int:
     """prompts.parquet (prompt_id, prompt) and bench.parquet (id, prompt); returns the contaminated count."""
-    from synthetic_prompts import corpus, texts
-
     b_idx, b_off, vocab, _ = corpus(m, seed + 1000)
     idx, off, _, rng = corpus(n, seed)
     chosen = rng.choice(n, size=int(round(n * rate)), replace=False)
@@ -101,20 +100,6 @@ def run_duckdb(data: Path) -> dict:
             "contaminated": matches["prompt_id"].n_unique()}
 
 
-def child(args) -> None:
-    res = {"ours": run_ours, "duckdb": run_duckdb}[args.phase](Path(args.data))
-    res["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-    print(json.dumps(res))
-
-
-def spawn(phase: str, data: Path) -> dict:
-    proc = subprocess.run([sys.executable, __file__, "--phase", phase, "--data", str(data)], capture_output=True,
-                          text=True)
-    if proc.returncode:
-        raise SystemExit(f"{phase} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
 def same_matches(data: Path) -> bool:
     """The same contaminated prompts, each named item among DuckDB's matched items of that prompt."""
     ours = pl.read_parquet(data / "ours.parquet")
@@ -133,12 +118,12 @@ def main() -> None:
     ap.add_argument("--data")
     args = ap.parse_args()
     if args.phase:
-        return child(args)
+        return report({"ours": run_ours, "duckdb": run_duckdb}[args.phase](Path(args.data)))
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp)
         planted = make_data(args.prompts, args.bench_prompts, args.rate, args.seed, data)
-        ours = spawn("ours", data)
-        duck = spawn("duckdb", data)
+        ours = spawn(__file__, "ours", data)
+        duck = spawn(__file__, "duckdb", data)
         same = same_matches(data)
     if not same:
         raise SystemExit("ours and DuckDB found different contaminated prompts")

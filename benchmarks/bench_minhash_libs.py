@@ -1,5 +1,5 @@
 """Benchmark: the MinHash implementations near_dedup could be built on, signature cost per prompt on the same
-prompts (benchmarks/synthetic_prompts.py), word 5-grams of the normalized text, 128 permutations. What led to
+prompts (benchmarks/hygiene_kit.py), word 5-grams of the normalized text, 128 permutations. What led to
 the choice in docs/builders.md ("Why numpy MinHash"); libraries not installed are reported as such.
 
   ours                builders.shingles + builders.minhash: vectorized over all prompts (no per-prompt Python)
@@ -46,7 +46,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--prompts", type=int, default=20_000)
     args = ap.parse_args()
-    from synthetic_prompts import corpus, texts
+    from hygiene_kit import corpus, texts
 
     from builders.minhash import signatures
     from builders.shingles import normalize, shingle_hashes

@@ -1,6 +1,6 @@
 """Benchmark: the `near_dedup` step vs datasketch's MinHashLSH used the ordinary way, same data and parameters.
 
-Data (benchmarks/synthetic_prompts.py, seeded): N prompts of 20-90 Zipf-distributed words, of which `--dup-rate`
+Data (benchmarks/hygiene_kit.py, seeded): N prompts of 20-90 Zipf-distributed words, of which `--dup-rate`
 (default 1 %) are planted near-duplicates: a copy of another prompt (each base used once) with one edit —
 one word replaced anywhere (bases of >= 50 words), or 1-3 words appended, or 1-3 words removed at the end
 (bases of >= 40 words) — so every planted pair has a word-5-gram Jaccard similarity of at least 0.80 (the
@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -42,11 +40,12 @@ ROOT = Path(__file__).resolve().parents[1]
 MIN_BASE_WORDS, MIN_REPLACE_WORDS = 40, 50
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
+from hygiene_kit import corpus, report, spawn, texts  # noqa: E402
+
 
 def make_data(n: int, dup_rate: float, seed: int, out: Path) -> tuple[float, float]:
     """Writes prompts.parquet (prompt_id, prompt) and planted.parquet (a, b); returns the planted pairs' lowest
     and mean Jaccard similarity."""
-    from synthetic_prompts import corpus, texts
 
     n_dup = int(round(n * dup_rate))
     idx, off, vocab, rng = corpus(n - n_dup, seed)
@@ -155,18 +154,9 @@ def run_datasketch(data: Path, args) -> dict:
             **quality(clusters, pl.read_parquet(data / "planted.parquet"))}
 
 
-def child(args) -> None:
-    fn = {"ours": run_ours, "datasketch": run_datasketch}[args.phase]
-    res = fn(Path(args.data), args)
-    res["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-    print(json.dumps(res))
-
-
-def spawn(phase: str, data: Path, args) -> dict:
-    cmd = [sys.executable, __file__, "--phase", phase, "--data", str(data), "--threshold", str(args.threshold),
-           "--num-perm", str(args.num_perm), "--seed", str(args.seed)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+def spawn_phase(phase: str, data: Path, args) -> dict:
+    return spawn(__file__, phase, data, "--threshold", str(args.threshold), "--num-perm", str(args.num_perm),
+                 "--seed", str(args.seed))
 
 
 def main() -> None:
@@ -181,7 +171,7 @@ def main() -> None:
     ap.add_argument("--data")
     args = ap.parse_args()
     if args.phase:
-        return child(args)
+        return report({"ours": run_ours, "datasketch": run_datasketch}[args.phase](Path(args.data), args))
     m = min(args.datasketch_prompts, args.prompts)
     with tempfile.TemporaryDirectory() as tmp:
         big, small = Path(tmp) / "n", Path(tmp) / "m"
@@ -190,9 +180,9 @@ def main() -> None:
         j_big = make_data(args.prompts, args.dup_rate, args.seed, big)
         if m != args.prompts:
             make_data(m, args.dup_rate, args.seed + 1, small)
-        ours_n = spawn("ours", big, args)
-        ours_m = spawn("ours", small if m != args.prompts else big, args)
-        ds_m = spawn("datasketch", small if m != args.prompts else big, args)
+        ours_n = spawn_phase("ours", big, args)
+        ours_m = spawn_phase("ours", small if m != args.prompts else big, args)
+        ds_m = spawn_phase("datasketch", small if m != args.prompts else big, args)
     print(json.dumps({
         "bench": "near_dedup", "prompts": args.prompts, "datasketch_prompts": m, "dup_rate": args.dup_rate,
         "threshold": args.threshold, "num_perm": args.num_perm, "bands_rows": [ours_n["bands"], ours_n["rows"]],

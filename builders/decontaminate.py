@@ -41,10 +41,10 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 import polars as pl
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from builders.base import Built, StepConfig, StepContext, drops_by_source
-from builders.rank import count_reasons
+from builders.base import Built, StepConfig, StepContext
+from builders.keyed import bind_plan, marked_result, with_prompt_columns
 from builders.shingles import shingle_hashes
 from builders.split import _kind as table_kind
 from prefdata.errors import PrefdataError, SchemaError
@@ -55,8 +55,8 @@ ROWS, BENCH, POS, SHARED, LABEL, DROP = "__rows", "__bench", "__pos", "__shared"
 PROMPTS_PER_SLICE = 100_000
 
 
-class BenchmarkSpec(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+class BenchmarkSpec(StepConfig):
+    """One benchmark of a decontaminate step (frozen, unknown keys are an error, like a step config)."""
     name: str
     path: str
     text: str = "prompt"
@@ -247,23 +247,15 @@ def apply_decontaminate(frame: pl.LazyFrame, cfg: DecontaminateConfig, plan: Dec
     schema = frame.collect_schema()
     if cfg.action == "flag":
         base = frame.drop(cfg.column) if cfg.column in schema else frame
-        out = (base.join(plan.matches.lazy(), on="prompt_id", how="left", maintain_order="left")
-               .rename({LABEL: cfg.column}).collect())
+        out = with_prompt_columns(base, plan.matches).rename({LABEL: cfg.column}).collect()
         return Built(out.lazy(), table_kind(schema), rows_in=out.height, rows_kept=out.height, info=plan.info,
                      summary=plan.summary)
-    df = (frame.join(plan.matches.lazy(), on="prompt_id", how="left", maintain_order="left")
-          .rename({LABEL: DROP}).collect())
-    drops = count_reasons(df, DROP)
-    out = df.filter(pl.col(DROP).is_null()).drop(DROP)
-    return Built(out.lazy(), table_kind(schema), drops=drops, rows_in=df.height, rows_kept=out.height,
-                 info=plan.info, summary=plan.summary, drops_by_source=drops_by_source(df, DROP))
+    df = with_prompt_columns(frame, plan.matches).rename({LABEL: DROP}).collect()
+    return marked_result(df, DROP, table_kind(schema), plan.info, plan.summary)
 
 
 def bound_decontaminate(plan: DecontaminationPlan):
-    """The step function with a plan made over the whole input (partitioned builds run it per partition)."""
-    def fn(frame: pl.LazyFrame, cfg: DecontaminateConfig, ctx: StepContext) -> Built:
-        return apply_decontaminate(frame, cfg, plan)
-    return fn
+    return bind_plan(apply_decontaminate, plan)
 
 
 def build_decontaminate(frame: pl.LazyFrame, cfg: DecontaminateConfig, ctx: StepContext) -> Built:

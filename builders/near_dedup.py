@@ -40,9 +40,10 @@ import numpy as np
 import polars as pl
 from pydantic import Field, model_validator
 
-from builders.base import Built, StepConfig, StepContext, drops_by_source
+from builders.base import Built, StepConfig, StepContext
+from builders.keyed import bind_plan, marked_result, with_prompt_columns
 from builders.minhash import band_keys, components, optimal_bands, signatures, sketch
-from builders.rank import ROW, count_reasons, prompt_key
+from builders.rank import ROW, prompt_key
 from builders.shingles import shingle_hashes
 from builders.split import _kind as table_kind
 from prefdata.errors import SchemaError
@@ -237,14 +238,6 @@ def plan_near_dedup(units: pl.DataFrame, cfg: NearDedupConfig, ctx: StepContext)
     return NearDedupPlan(assignment, info, summary)
 
 
-def with_prompt_columns(frame: pl.LazyFrame, per_prompt: pl.DataFrame) -> pl.LazyFrame:
-    """`frame` with the columns of `per_prompt` (keyed by prompt_id) added: only the key column is joined, so
-    the input's columns are shared with the output, not copied."""
-    looked_up = frame.select("prompt_id").join(per_prompt.lazy(), on="prompt_id", how="left",
-                                                maintain_order="left").drop("prompt_id")
-    return pl.concat([frame, looked_up], how="horizontal")
-
-
 def apply_near_dedup(frame: pl.LazyFrame, cfg: NearDedupConfig, plan: NearDedupPlan) -> Built:
     """The input with the plan's cluster_id; with action drop, the rows of non-kept prompts dropped."""
     schema = frame.collect_schema()
@@ -252,18 +245,12 @@ def apply_near_dedup(frame: pl.LazyFrame, cfg: NearDedupConfig, plan: NearDedupP
     reason = pl.lit(None, pl.String)
     if cfg.action == "drop":
         reason = pl.when(pl.col(KEPT).is_not_null()).then(pl.lit("near-duplicate of prompt ") + pl.col(KEPT))
-    df = with_prompt_columns(base, plan.assignment).with_columns(reason.alias(DROP)).collect()
-    drops = count_reasons(df, DROP)
-    out = df.filter(pl.col(DROP).is_null()).drop(KEPT, DROP)
-    return Built(out.lazy(), table_kind(schema), drops=drops, rows_in=df.height, rows_kept=out.height,
-                 info=plan.info, summary=plan.summary, drops_by_source=drops_by_source(df, DROP))
+    df = with_prompt_columns(base, plan.assignment).with_columns(reason.alias(DROP)).drop(KEPT).collect()
+    return marked_result(df, DROP, table_kind(schema), plan.info, plan.summary)
 
 
 def bound_near_dedup(plan: NearDedupPlan):
-    """The step function with a plan made over the whole input (partitioned builds run it per partition)."""
-    def fn(frame: pl.LazyFrame, cfg: NearDedupConfig, ctx: StepContext) -> Built:
-        return apply_near_dedup(frame, cfg, plan)
-    return fn
+    return bind_plan(apply_near_dedup, plan)
 
 
 # ------------------------------------------------------------------------------ on: response (prompt-local)
@@ -287,18 +274,16 @@ def _response_dedup(frame: pl.LazyFrame, cfg: NearDedupConfig, ctx: StepContext)
     if cfg.action == "drop":
         reason = pl.when(dup).then(pl.lit("near-duplicate of response ") + pl.col(RESPONSE_CLUSTER))
     marked = marked.with_columns(reason.alias(DROP))
-    drops = count_reasons(marked, DROP)
-    out = marked.filter(pl.col(DROP).is_null()).drop(ROW, LABEL, DROP)
     sizes = marked.group_by(LABEL).len()["len"]
     multi = sizes.filter(sizes > 1)
     info = {"seed": _seed(cfg, ctx), "responses": df.height, "clusters": multi.len(),
             "responses_in_clusters": int(multi.sum()), "keep": cfg.keep, "action": cfg.action, **lsh_info}
     summary = f"{df.height:,} responses · {multi.len():,} near-duplicate clusters within prompts " \
               f"({int(multi.sum()):,} responses)"
-    if drops:
-        summary += f" · dropped {sum(drops.values()):,} responses, one kept a cluster"
-    return Built(out.lazy(), "responses", drops=drops, rows_in=df.height, rows_kept=out.height, info=info,
-                 summary=summary, drops_by_source=drops_by_source(marked, DROP))
+    dropped = int(marked[DROP].is_not_null().sum())
+    if dropped:
+        summary += f" · dropped {dropped:,} responses, one kept a cluster"
+    return marked_result(marked.drop(ROW, LABEL), DROP, "responses", info, summary)
 
 
 def build_near_dedup(frame: pl.LazyFrame, cfg: NearDedupConfig, ctx: StepContext) -> Built:

@@ -20,9 +20,8 @@ from typing import Literal
 
 import numpy as np
 import polars as pl
-import pyarrow as pa
 
-from builders.stable_hash import GOLDEN, _position_weights, splitmix64
+from builders.stable_hash import GOLDEN, _position_weights, byte_chunks, splitmix64, utf8_buffers
 
 Unit = Literal["word", "char"]
 _CHUNK_BYTES = 1 << 18      # text bytes per numpy pass: temporaries of a few MB are reused by malloc; big
@@ -49,16 +48,6 @@ class Shingles:
     @property
     def counts(self) -> np.ndarray:
         return np.diff(self.offsets)
-
-
-def _buffers(texts: pl.Series) -> tuple[np.ndarray, np.ndarray]:
-    arr = texts.cast(pl.String).to_arrow()
-    arr = arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
-    arr = arr.cast(pa.large_string()).fill_null("")
-    _, off_buf, data_buf = arr.buffers()
-    offsets = np.frombuffer(off_buf, dtype=np.int64)[arr.offset:arr.offset + len(arr) + 1]
-    data = np.frombuffer(data_buf, dtype=np.uint8) if data_buf is not None else np.zeros(0, np.uint8)
-    return offsets - offsets[0], data[offsets[0]:offsets[-1]]
 
 
 def _token_hashes(offsets: np.ndarray, data: np.ndarray, unit: Unit) -> tuple[np.ndarray, np.ndarray]:
@@ -117,19 +106,14 @@ def shingle_hashes(texts: pl.Series, n: int, unit: Unit = "word", *, normalized:
     """Hashed n-grams of every text (normalized first unless `normalized`). Null texts have no shingles."""
     if not normalized:
         texts = pl.select(normalize(pl.lit(texts))).to_series()
-    offsets, data = _buffers(texts)
+    offsets, data = utf8_buffers(texts)
     parts, counts = [], []
-    start = 0
-    D = len(offsets) - 1
-    while start < D:
-        stop = int(np.searchsorted(offsets, offsets[start] + _CHUNK_BYTES, side="right")) - 1
-        stop = min(max(stop, start + 1), D)
+    for start, stop in byte_chunks(offsets, _CHUNK_BYTES):
         base = offsets[start]
         tok, tok_off = _token_hashes(offsets[start:stop + 1] - base, data[base:offsets[stop]], unit)
         sh = _ngrams(tok, tok_off, n)
         parts.append(sh.hashes)
         counts.append(sh.counts)
-        start = stop
     hashes = np.concatenate(parts) if parts else np.zeros(0, np.uint64)
     cnt = np.concatenate(counts) if counts else np.zeros(0, np.int64)
     return Shingles(hashes, np.concatenate([[0], np.cumsum(cnt)]).astype(np.int64))

@@ -13,6 +13,8 @@ The inner sum is a multilinear hash (two distinct strings of equal length collid
 about 2^-57), the finalizer spreads it over all 64 bits. Only vectorized numpy: a pass over the bytes."""
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import polars as pl
 import pyarrow as pa
@@ -61,23 +63,35 @@ def _hash_chunk(offsets: np.ndarray, data: np.ndarray) -> np.ndarray:
         return splitmix64(out ^ (lengths.astype(np.uint64) * GOLDEN))
 
 
-def hash_strings(values: pl.Series) -> np.ndarray:
-    """uint64 hash of each string (null hashes like the empty string; callers never pass nulls)."""
+def utf8_buffers(values: pl.Series) -> tuple[np.ndarray, np.ndarray]:
+    """(offsets, data): the strings' UTF-8 bytes in one buffer, string i = data[offsets[i]:offsets[i + 1]]
+    (offsets start at 0; a null is the empty string). No copy of the bytes where Arrow already has them so."""
     arr = values.cast(pl.String).to_arrow()
     arr = arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
     arr = arr.cast(pa.large_string()).fill_null("")
     _, off_buf, data_buf = arr.buffers()
     offsets = np.frombuffer(off_buf, dtype=np.int64)[arr.offset:arr.offset + len(arr) + 1]
     data = np.frombuffer(data_buf, dtype=np.uint8) if data_buf is not None else np.zeros(0, np.uint8)
-    out = np.empty(len(arr), dtype=np.uint64)
-    start = 0
-    while start < len(arr):
-        # as many strings as fit in one chunk of bytes (at least one)
-        stop = int(np.searchsorted(offsets, offsets[start] + _CHUNK_BYTES, side="right")) - 1
-        stop = min(max(stop, start + 1), len(arr))
+    return offsets - offsets[0], data[offsets[0]:offsets[-1]]
+
+
+def byte_chunks(offsets: np.ndarray, chunk_bytes: int) -> Iterator[tuple[int, int]]:
+    """(start, stop): consecutive ranges of whole strings of about chunk_bytes bytes (at least one string)."""
+    n, start = len(offsets) - 1, 0
+    while start < n:
+        stop = int(np.searchsorted(offsets, offsets[start] + chunk_bytes, side="right")) - 1
+        stop = min(max(stop, start + 1), n)
+        yield start, stop
+        start = stop
+
+
+def hash_strings(values: pl.Series) -> np.ndarray:
+    """uint64 hash of each string (null hashes like the empty string; callers never pass nulls)."""
+    offsets, data = utf8_buffers(values)
+    out = np.empty(len(offsets) - 1, dtype=np.uint64)
+    for start, stop in byte_chunks(offsets, _CHUNK_BYTES):
         base = offsets[start]
         out[start:stop] = _hash_chunk(offsets[start:stop + 1] - base, data[base:offsets[stop]])
-        start = stop
     return out
 
 

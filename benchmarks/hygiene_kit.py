@@ -1,11 +1,16 @@
-"""Synthetic prompts for the hygiene benchmarks (bench_near_dedup.py, bench_decontaminate.py), seeded.
+"""What the hygiene benchmarks (bench_near_dedup.py, bench_decontaminate.py, bench_minhash_libs.py) share:
+seeded synthetic prompts, and running one measured phase in its own subprocess.
 
 Words are drawn with Zipf-like frequencies (p ~ 1 / (rank + 10)) from a vocabulary of the bundled Arena prompts'
 words padded with pseudo-words to `vocab` entries; lengths are uniform in [min_words, max_words]. Unrelated
 prompts then share common words but almost never a 5-gram, as real prompts from different users."""
 from __future__ import annotations
 
+import json
 import re
+import resource
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -41,3 +46,19 @@ def texts(idx: np.ndarray, offsets: np.ndarray, vocab: np.ndarray) -> pl.Series:
     doc = np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))
     return (pl.DataFrame({"d": doc, "t": pl.Series(vocab).gather(idx)}).group_by("d", maintain_order=True)
             .agg(pl.col("t").str.join(" "))["t"].alias("prompt"))
+
+
+def spawn(script: str, phase: str, data: Path, *extra: str) -> dict:
+    """`python SCRIPT --phase PHASE --data DATA EXTRA...` in a fresh process (its own peak RSS); the JSON object
+    on its last stdout line."""
+    proc = subprocess.run([sys.executable, script, "--phase", phase, "--data", str(data), *extra],
+                          capture_output=True, text=True)
+    if proc.returncode:
+        raise SystemExit(f"{phase} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def report(result: dict) -> None:
+    """A phase's result with this process's peak RSS (ru_maxrss, the input included), as one JSON line."""
+    result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    print(json.dumps(result))
