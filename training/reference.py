@@ -115,7 +115,7 @@ def with_columns(table: pa.Table, cols: dict[str, pa.Array]) -> pa.Table:
 def ensure_reference(ds: DatasetHandle, *, lm, tokenizer, model_id: str, max_length: int, device,
                      with_tokens: bool, cache_dir: Path, batch_size: int = 16, token_budget: int = 8192,
                      progress=None, options: DataOptions | None = None,
-                     layout: str = "shared") -> tuple[DatasetHandle, dict]:
+                     layout: str = "shared", chunk: int | None = None) -> tuple[DatasetHandle, dict]:
     """Make sure `ds` carries reference log-probs of `model_id`; returns the (possibly new) dataset and a
     status dict {"status": "computed"|"skipped", "ref": name@version or cache path, "reference": identity}."""
     ident = reference_identity(model_id, lm.config, tokenizer, max_length, with_tokens, options)
@@ -134,7 +134,7 @@ def ensure_reference(ds: DatasetHandle, *, lm, tokenizer, model_id: str, max_len
                 return found, {"status": "skipped", "ref": found.ref, "reference": ident}
         cols = compute_reference(lm, tokenizer, ds.table, max_length=max_length, device=device,
                                  batch_size=batch_size, token_budget=token_budget, with_tokens=with_tokens,
-                                 layout=layout,
+                                 layout=layout, chunk=chunk,
                                  progress=progress, options=options)
         table = with_columns(ds.table, cols)
         rows_kept = sum(v is not None for v in next(iter(cols.values())).to_pylist())
@@ -155,7 +155,7 @@ def ensure_reference(ds: DatasetHandle, *, lm, tokenizer, model_id: str, max_len
                                                                "reference": ident}
     cols = compute_reference(lm, tokenizer, ds.table, max_length=max_length, device=device, batch_size=batch_size,
                              token_budget=token_budget, with_tokens=with_tokens, progress=progress, layout=layout,
-                             options=options)
+                             options=options, chunk=chunk)
     table = with_columns(ds.table, cols)
     table = table.replace_schema_metadata({**(table.schema.metadata or {}),
                                            b"prefdata.reference": json.dumps(ident).encode()})

@@ -113,6 +113,7 @@ def prepare_reference(recipe: TrainRecipe, spec, ds, lm, tok, out_dir: Path, opt
                                     max_length=recipe.train.max_length, device=_device(),
                                     with_tokens="token_logps" in spec.needs, cache_dir=cache_dir,
                                     batch_size=recipe.reference.batch_size, token_budget=budget, options=options,
+                                    chunk=recipe.train.logp_chunk,   # the same head memory bound as training
                                     layout=resolve_layout(recipe.train.layout, device=_device(),
                                                           kind=table_kind(d.table.column_names),
                                                           attn_impl=attn_implementation(ref_lm)))

@@ -71,13 +71,16 @@ def _mem() -> float:
     return torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
 
 
-VARIANT_KEYS = {"layout": ("auto", "shared", "rows"), "ckpt": ("0", "1"), "weights": ("fp32", "bf16"),
-                "budget": None, "chunk": None}
+VARIANT_KEYS = {"layout": ("auto", "shared", "rows", "packed"), "ckpt": ("0", "1"), "weights": ("fp32", "bf16"),
+                "budget": None, "chunk": None,
+                "attn": ("auto", "sdpa", "eager", "varlen", "flex_attention", "flash_attention_2"),
+                "sr": ("auto", "bucketed", "compiled")}
 
 
 def parse_variant(spec: str) -> dict:
     """`layout=rows,ckpt=1,weights=bf16,budget=4096` -> our trainer's settings (unset keys: recipe defaults)."""
-    out = {"layout": "auto", "ckpt": "0", "weights": "fp32", "budget": "auto", "chunk": "auto"}
+    out = {"layout": "auto", "ckpt": "0", "weights": "fp32", "budget": "auto", "chunk": "auto", "attn": "auto",
+           "sr": "auto"}
     for part in filter(None, spec.split(",")):
         k, _, v = part.partition("=")
         if k not in VARIANT_KEYS or (VARIANT_KEYS[k] and v not in VARIANT_KEYS[k]):
@@ -97,8 +100,9 @@ def worker_ours(model, data, out, steps, batch, max_length, device, variant: str
               "train": {"batch_size": batch, "max_length": max_length, "lr": 1e-6, "warmup_ratio": 0.0,
                         "max_steps": steps, "seed": 0, "mixed_precision": "bf16" if device == "cuda" else "no",
                         "token_budget": auto_or_int(v["budget"]), "grad_checkpointing": v["ckpt"] == "1",
-                        "layout": v["layout"], "master_weights": v["weights"],
-                        "logp_chunk": auto_or_int(v["chunk"])}}
+                        "layout": v["layout"], "master_weights": v["weights"], "attention": v["attn"],
+                        "logp_chunk": auto_or_int(v["chunk"]),
+                        **({"sr_adamw": v["sr"]} if v["weights"] == "bf16" else {})}}
     p = Path(out + ".yaml")
     p.write_text(yaml.safe_dump(recipe))
     # benchmark only: skip the end-of-run checkpoint (model + AdamW state, ~6 GB for this shape) and final model
@@ -221,9 +225,10 @@ def main() -> None:
     ap.add_argument("--max-length", type=int, default=512)
     ap.add_argument("--trl-path", default=None, help="directory with trl/datasets installed (pip --target)")
     ap.add_argument("--ours", nargs="+", default=["layout=auto"],
-                    help="our trainer's variants, each one run: comma-separated layout=auto|shared|rows, ckpt=0|1 "
+                    help="our trainer's variants, each one run: comma-separated layout=auto|shared|rows|packed, ckpt=0|1 "
                          "(gradient checkpointing), weights=fp32|bf16 (train.master_weights), budget=auto|N, chunk=auto|N "
-                         "(LM-head positions per chunk)")
+                         "(LM-head positions per chunk), attn=auto|sdpa|varlen|flex_attention|... (train.attention), "
+                         "sr=auto|bucketed|compiled (train.sr_adamw, bf16 weights)")
     ap.add_argument("--trl", nargs="*", default=["trl_pre"], choices=sorted(TRL_KINDS), help="TRL settings to run")
     ap.add_argument("--profile", default=None, help="one more run of this variant of ours under torch.profiler")
     ap.add_argument("--out-dir", default=os.environ.get("OUT"), help="profile tables + results.json (default $OUT)")
