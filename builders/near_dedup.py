@@ -208,8 +208,11 @@ def plan_near_dedup(units: pl.DataFrame, cfg: NearDedupConfig, ctx: StepContext)
     # components do not depend on row order and the representative is chosen by ORDER below, so the (wide)
     # table is used as it comes, without a sorted copy
     has = units[HAS].to_numpy()
-    f = Features(has, units[BANDS].to_numpy()[has], units[SIG].to_numpy()[has],
-                 units[SKETCH].to_numpy()[has] if cfg.verify else None)
+
+    def rows(col: str) -> np.ndarray:           # the prompts with shingles (all of them, usually: no copy then)
+        a = units[col].to_numpy()
+        return a if has.all() else a[has]
+    f = Features(has, rows(BANDS), rows(SIG), rows(SKETCH) if cfg.verify else None)
     labels, lsh_info = _labels(f, cfg)
     del f
     pick = {"first": ([ORDER], [False]), "most_responses": ([ROWS, ORDER], [True, False]),
