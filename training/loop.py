@@ -24,7 +24,6 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from transformers import get_cosine_schedule_with_warmup
 
 from prefdata.errors import PrefdataError
 from training.batches import RefStore, make_batch
@@ -46,6 +45,7 @@ from training.packing import resolve_layout, split_by_tokens
 from training.plan import Step, stage_starts
 from training.recipe import TrainRecipe
 from training.refresh import refresh_reference
+from training.schedule import cosine_with_warmup
 from training.sr_adamw import make_adamw, resolve_sr_impl
 from training.step_stats import StepStats
 from training.unpaired import UnpairedMicro
@@ -209,7 +209,7 @@ class Trainer(StepLoop):
                          sr_impl=sr)
         s.info["optimizer"] = f"sr_adamw {sr}" if t.master_weights == "bf16" else "adamw fused"
         warmup = int(round(t.warmup_ratio * len(s.plan)))
-        self.sched = get_cosine_schedule_with_warmup(opt, warmup, max(1, len(s.plan)))
+        self.sched = cosine_with_warmup(opt, warmup, max(1, len(s.plan)))
         self.model, self.opt = self.acc.prepare(model, opt)
         self.acc.register_for_checkpointing(self.sched)
         bco = getattr(s.params, "delta", None) == "running_mean"

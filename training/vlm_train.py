@@ -22,7 +22,6 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
-from transformers import get_cosine_schedule_with_warmup
 
 from prefdata.errors import IngestError, PrefdataError, RecipeError
 from training.checkpointing import (
@@ -43,6 +42,7 @@ from training.evaluation import EvalHook, EvalSums, add_pairs, last_eval_row, pa
 from training.loop import StepLoop
 from training.losses import PairBatch, RunningMean
 from training.plan import make_plan
+from training.schedule import cosine_with_warmup
 from training.vlm import (
     PLACEHOLDER,
     VlmBatch,
@@ -184,8 +184,7 @@ class VlmTrainer(StepLoop):
                                 fused=all(p.is_floating_point() for p in params))
         self.plan = make_plan(data.stage, batch_size=t.batch_size, grad_accum=t.grad_accum, epochs=t.epochs,
                               seed=t.seed, curriculum=recipe.curriculum.mode, max_steps=t.max_steps)
-        self.sched = get_cosine_schedule_with_warmup(opt, int(round(t.warmup_ratio * len(self.plan))),
-                                                     max(1, len(self.plan)))
+        self.sched = cosine_with_warmup(opt, int(round(t.warmup_ratio * len(self.plan))), max(1, len(self.plan)))
         self.model, self.opt = self.acc.prepare(policy, opt)
         self.acc.register_for_checkpointing(self.sched)
         self.bco = RunningMean(self.params.delta_window) \
