@@ -67,6 +67,9 @@ class VlmTrainSection(TrainSection):
         if self.master_weights != "fp32":
             raise ValueError("master_weights bf16 is a text-trainer option; the VLM trainer keeps fp32 weights "
                              "(LoRA keeps its trainable state small)")
+        if self.layout == "packed" or self.attention != "auto":
+            raise ValueError("layout packed and attention are text-trainer options; the VLM trainer forwards "
+                             "padded conversations with the model's own attention")
         return self
 
 

@@ -172,3 +172,12 @@ def test_varlen_kernel_on_gpu_equals_rows_in_bf16(tokenizer, hh_pairs):
         _use(lm, VARLEN)
         packed = model(pack(groups, tokenizer.pad_token_id, "packed").to("cuda"))
     torch.testing.assert_close(packed.sums, rows.sums, rtol=2e-2, atol=0.5)   # bf16 compute: ~3 digits
+
+
+def test_vlm_recipe_refuses_the_text_only_packing_keys():
+    from training.vlm_recipe import parse_vlm_recipe
+    base = {"vlm": {"model": "m"}, "dataset": "d", "loss": {"name": "dpo_sigmoid", "beta": 0.1}, "output_dir": "o"}
+    for train in ({"layout": "packed"}, {"attention": "eager"}):
+        with pytest.raises(RecipeError, match="text-trainer options"):
+            parse_vlm_recipe({**base, "train": train})
+    assert parse_vlm_recipe({**base, "train": {"layout": "auto"}}).train.layout == "auto"
