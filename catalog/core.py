@@ -157,6 +157,21 @@ class Catalog:
         return write_version(self, name, table, message=message, user_lineage=lineage, mode=mode,
                              lock_timeout_s=lock_timeout_s, max_retries=max_retries)
 
+    def stage(self, name: str, table: pa.Table | Any, *, message: str = "", lineage: Mapping[str, Any] | None = None,
+              lock_timeout_s: float = 120.0, max_retries: int = 10):
+        """Write and hash `table` as the next version of `name` (replacing its content, as mode "overwrite")
+        without committing it: returns a catalog.writer.Staged whose `commit()` makes it a version (with the
+        same content hash and lineage as `write`) and whose `discard()` deletes its files. Until then nothing
+        is visible. For work that may still fail after the data is known (a build stores its source only once
+        its steps have succeeded, and writes it while they run)."""
+        from catalog.writer import Staged
+
+        validate_name(name)
+        if not isinstance(message, str):
+            raise PrefdataError(f"message must be a string, got {type(message).__name__}")
+        return Staged(self, name, _as_table(table), message=message, user_lineage=lineage,
+                      lock_timeout_s=lock_timeout_s, max_retries=max_retries)
+
     def write_batches(self, name: str, batches: Any, *, schema: pa.Schema | None = None, message: str = "",
                       lineage: Mapping[str, Any] | None = None, mode: str = "overwrite",
                       lock_timeout_s: float = 120.0, max_retries: int = 10,

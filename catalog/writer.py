@@ -156,6 +156,45 @@ def write_version(cat: Catalog, name: str, table: pa.Table, *, message: str, use
     raise CommitConflict(name, f"commit conflict persisted after {max_retries} attempts; retries exhausted")
 
 
+class Staged:
+    """The data files of a future version of `name` (a full replacement: overwrite, or create when the dataset
+    has no version), written and hashed but not committed: invisible until `commit`, deleted by `discard`.
+    Writing them takes no lock (their names are unique), so a caller can stage a table in the background
+    while it works, and commit only once that work has succeeded; the commit takes the writer lock and lands
+    on whatever version is latest then, like write_stream's."""
+
+    def __init__(self, cat: Catalog, name: str, table: pa.Table, *, message: str,
+                 user_lineage: dict[str, Any] | None, lock_timeout_s: float, max_retries: int):
+        self.cat, self.name, self.message = cat, name, message
+        self.lock_timeout_s, self.max_retries = lock_timeout_s, max_retries
+        self.prepared = lineage.prepare(user_lineage, resolve_input=cat.pin_input)
+        self.uri = cat.uri(name)
+        base = cat.open_latest(name)
+        self.op_mode = "overwrite" if base is not None else "create"
+        with ThreadPoolExecutor(1, thread_name_prefix="prefdata-content") as pool:
+            content = pool.submit(hashing.table_content, table)
+            self.written = lance.fragment.write_fragments(_with_schema(table, lance_schema(table.schema)), self.uri,
+                                                          mode=self.op_mode, return_transaction=True)
+            self.content = content.result()
+        self.done = False
+
+    def commit(self) -> int:
+        if self.done:
+            raise PrefdataError(f"staged write of {self.name!r} was already committed or discarded")
+        self.done = True
+        with self.cat.writer_lock(self.name, self.lock_timeout_s):
+            return _commit_replacement(self.cat, self.name, self.uri, self.written.operation, self.prepared,
+                                       self.op_mode, self.content, self.message, self.max_retries)
+
+    def discard(self) -> None:
+        if not self.done:
+            self.done = True
+            _remove_written(self.uri, self.written.operation)
+            for d in (Path(self.uri, "data"), Path(self.uri)):   # folders this staging created, when left empty
+                if not self.cat.exists(self.name) and d.is_dir() and not any(d.iterdir()):
+                    d.rmdir()
+
+
 def _hashed(batches: Iterable[pa.RecordBatch], schema: pa.Schema, hasher: hashing.StreamHasher,
             name: str, failed: list[BaseException]) -> Iterator[pa.RecordBatch]:
     # Lance wraps an exception raised while it pulls batches in an OSError: keep the original to re-raise
@@ -211,16 +250,25 @@ def write_stream(cat: Catalog, name: str, batches: Iterable[pa.RecordBatch], sch
         if skip_if_hash is not None and digest == skip_if_hash:
             _remove_written(uri, written.operation)
             return None
-        for attempt in range(max_retries):
-            base = cat.open_latest(name)
-            base_version = base.version if base is not None else 0
-            rec = lineage.finish(prepared, message=message, mode=op_mode, base_version=base_version, rows=rows,
-                                 rows_written=rows, content_hash=digest)
-            props = lineage.to_properties(rec, [b.hex() for b in blocks[:rows // hashing.BLOCK_ROWS]])
-            tx = Transaction(read_version=base_version, operation=written.operation, transaction_properties=props)
-            try:
-                return LanceDataset.commit(uri, tx, max_retries=max_retries).version
-            except CommitConflictError:
-                time.sleep(min(0.01 * 2 ** attempt, 0.5))
-    _remove_written(uri, written.operation)
+        return _commit_replacement(cat, name, uri, written.operation, prepared, op_mode,
+                                   hashing.Content(digest, blocks, rows), message, max_retries)
+
+
+def _commit_replacement(cat: Catalog, name: str, uri: str, operation: Any, prepared: dict[str, Any], op_mode: str,
+                        content: hashing.Content, message: str, max_retries: int) -> int:
+    """Commit data files that replace the whole content (their result does not depend on the base version) on
+    whatever version is latest; after `max_retries` conflicts the files are removed and CommitConflict raised.
+    The caller holds the writer lock."""
+    for attempt in range(max_retries):
+        base = cat.open_latest(name)
+        base_version = base.version if base is not None else 0
+        rec = lineage.finish(prepared, message=message, mode=op_mode, base_version=base_version, rows=content.rows,
+                             rows_written=content.rows, content_hash=content.hash)
+        props = lineage.to_properties(rec, [b.hex() for b in content.digests[:content.rows // hashing.BLOCK_ROWS]])
+        tx = Transaction(read_version=base_version, operation=operation, transaction_properties=props)
+        try:
+            return LanceDataset.commit(uri, tx, max_retries=max_retries).version
+        except CommitConflictError:
+            time.sleep(min(0.01 * 2 ** attempt, 0.5))
+    _remove_written(uri, operation)
     raise CommitConflict(name, f"commit conflict persisted after {max_retries} attempts; retries exhausted")

@@ -13,6 +13,7 @@ import importlib
 import shutil
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,6 +102,7 @@ class _Source:
     parts: list[_Source] = field(default_factory=list)   # a mixture's entries (prefdata/mixture.py)
     mix: StepReport | None = None    # a mixture's choice of prompts, reported as the build's first step
     sources: dict[str, Any] = field(default_factory=dict)   # a mixture's per-source lineage
+    staged: Any = None               # a new file source's files, written while the steps run (Future of a Staged)
 
     def read(self) -> pa.Table:
         return self.table if self.table is not None else self.dataset.to_table()
@@ -315,7 +317,8 @@ def run_recipe(recipe_path: Path | str | None, catalog, *, engine: str = "local"
                       progress=progress)
     status = (lambda msg: console.status(msg, spinner="dots")) if progress else (lambda msg: nullcontext())
     if n_parts > 1:
-        with _tidy_on_failure(step_work, console):
+        with _tidy_on_failure(step_work, console, source):
+            _stage_source(cat, source)
             return _run_partitioned(recipe, cat, source, n_parts, ctx, runner, file, config_json, config_sha,
                                     console, shown, status, engine)
 
@@ -326,7 +329,8 @@ def run_recipe(recipe_path: Path | str | None, catalog, *, engine: str = "local"
     if recipe.steps and _prompt_local(recipe.steps[0]):
         from prefdata.partitioned import group_prompts
         df = group_prompts(df)         # the order a partitioned build gives (a no-op for contiguous prompts)
-    with _tidy_on_failure(step_work, console):
+    with _tidy_on_failure(step_work, console, source):
+        _stage_source(cat, source)
         for step in recipe.steps:
             with status(f"{step.name}: {_label(step)}"):
                 df, report = run_step(step, df.lazy(), kind, ctx, runner, file=file, by_source=mixture)
@@ -371,11 +375,15 @@ def tidy_work(work: Path) -> list[tuple[Path, int]]:
 
 
 @contextmanager
-def _tidy_on_failure(work: Path, console):
-    """A failing step leaves no empty work folders; one holding finished shards is kept and said (resume)."""
+def _tidy_on_failure(work: Path, console, source: _Source | None = None):
+    """A failing step leaves no empty work folders; one holding finished shards is kept and said (resume). The
+    files of a new source staged meanwhile are deleted (never committed, so never visible)."""
     try:
         yield
     except BaseException:
+        for part in (source.parts or [source]) if source is not None else []:
+            if part.staged is not None and part.staged.exception() is None:
+                part.staged.result().discard()
         for d, shards in tidy_work(work):
             console.print(f"  kept {d} ({shards} finished shard(s)): the next build of this recipe resumes from "
                           "them; delete the folder to start over", highlight=False, soft_wrap=True)
@@ -404,9 +412,24 @@ def _store_source(cat, recipe: Recipe, source: _Source) -> None:
         source.written = any(part.written for part in source.parts)
         return
     source.written = source.version is None
-    if source.written:
+    if source.written and source.staged is not None:
+        source.version = source.staged.result().commit()
+    elif source.written:
         source.version = cat.write(source.name, source.table, message=f"ingest {source.lineage.get('source')}",
                                    lineage=source.lineage)
+
+
+def _stage_source(cat, source: _Source) -> None:
+    """Start writing (and hashing) a new file source in the background, so that work overlaps the steps; it is
+    committed by _store_source once the build has succeeded, deleted if the build fails."""
+    if not hasattr(cat, "stage"):
+        return
+    for part in source.parts or [source]:
+        if part.version is None and part.table is not None and part.staged is None:
+            pool = ThreadPoolExecutor(1, thread_name_prefix="prefdata-stage")
+            part.staged = pool.submit(cat.stage, part.name, part.table,
+                                      message=f"ingest {part.lineage.get('source')}", lineage=part.lineage)
+            pool.shutdown(wait=False)
 
 
 def _length_bias(kind: str, df: pl.DataFrame) -> dict[str, Any] | None:

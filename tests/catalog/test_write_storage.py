@@ -24,3 +24,15 @@ def test_text_columns_are_lz4_and_nothing_else_changes(tmp_path):
     cat.export("pairs", to="parquet", out_dir=tmp_path / "out")
     (exported,) = (tmp_path / "out").glob("*.parquet")
     assert all(f.metadata is None for f in pq.read_schema(exported))
+
+
+def test_staged_write_is_invisible_until_committed_and_discard_leaves_nothing(tmp_path):
+    cat = Catalog.open(tmp_path / "cat")
+    staged = cat.stage("src", TABLE, message="ingest", lineage={"builder": "ingest"})
+    assert cat.names() == []                                   # files written, nothing committed
+    cat.write("src", TABLE.slice(0, 1))                       # another writer commits meanwhile
+    assert staged.commit() == 2
+    assert cat.read("src").equals(TABLE) and cat.verify("src")["ok"]
+    assert cat.lineage("src", 2)["builder"] == "ingest" and cat.lineage("src", 2)["content_hash"] == content_hash(TABLE)
+    cat.stage("other", TABLE).discard()
+    assert cat.names() == ["src"] and not (tmp_path / "cat" / "other.lance").exists()
