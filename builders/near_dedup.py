@@ -141,6 +141,10 @@ def _labels(f: Features, cfg: NearDedupConfig, scope: np.ndarray | None = None):
     return labels, info
 
 
+def _n(count: int, noun: str) -> str:
+    return f"{count:,} {noun}{'' if count == 1 else 's'}"
+
+
 def _seed(cfg: NearDedupConfig, ctx: StepContext) -> int:
     return ctx.seed if cfg.seed is None else cfg.seed
 
@@ -229,13 +233,15 @@ def plan_near_dedup(units: pl.DataFrame, cfg: NearDedupConfig, ctx: StepContext)
     info = {"seed": _seed(cfg, ctx), "prompts": units.height, "clusters": multi.len(),
             "prompts_in_clusters": int(multi.sum()), "largest_cluster": int(sizes.max() or 0),
             "keep": cfg.keep, "action": cfg.action, **lsh_info}
-    summary = f"{units.height:,} prompts · " + (
-        f"{multi.len():,} near-duplicate clusters ({int(multi.sum()):,} prompts, largest {info['largest_cluster']:,})"
+    summary = f"{_n(units.height, 'prompt')} · " + (
+        f"{_n(multi.len(), 'near-duplicate cluster')} ({int(multi.sum()):,} prompts, largest "
+        f"{info['largest_cluster']:,})"
         if multi.len() else "no near-duplicates")
     if cfg.action == "drop":
         info.update(prompts_dropped=dropped.height, rows_dropped=int(dropped[ROWS].sum()))
         if dropped.height:
-            summary += f" · dropped {dropped.height:,} prompts ({info['rows_dropped']:,} rows), one kept a cluster"
+            summary += (f" · dropped {_n(dropped.height, 'prompt')} ({_n(info['rows_dropped'], 'row')}), one kept "
+                        "a cluster")
     elif multi.len():
         summary += " · flagged (action flag), none dropped"
     return NearDedupPlan(assignment, info, summary)
@@ -281,11 +287,11 @@ def _response_dedup(frame: pl.LazyFrame, cfg: NearDedupConfig, ctx: StepContext)
     multi = sizes.filter(sizes > 1)
     info = {"seed": _seed(cfg, ctx), "responses": df.height, "clusters": multi.len(),
             "responses_in_clusters": int(multi.sum()), "keep": cfg.keep, "action": cfg.action, **lsh_info}
-    summary = f"{df.height:,} responses · {multi.len():,} near-duplicate clusters within prompts " \
+    summary = f"{_n(df.height, 'response')} · {_n(multi.len(), 'near-duplicate cluster')} within prompts " \
               f"({int(multi.sum()):,} responses)"
     dropped = int(marked[DROP].is_not_null().sum())
     if dropped:
-        summary += f" · dropped {dropped:,} responses, one kept a cluster"
+        summary += f" · dropped {_n(dropped, 'response')}, one kept a cluster"
     return marked_result(marked.drop(ROW, LABEL), DROP, "responses", info, summary)
 
 
